@@ -1,0 +1,575 @@
+//! The sync and admin API, on its own listener (`api`, default
+//! 127.0.0.1:8084) so a proxied application keeps its own `/health`.
+//!
+//! Record node: `GET /sync`, `POST /commit`. Playback node: `POST /sync`,
+//! `GET /api/replays`. Both: `GET /health`, `GET /api/status`,
+//! `GET /metrics`. With `api.auth_token` set, everything but `/health`
+//! needs `Authorization: Bearer <token>`.
+
+mod query;
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use serde::Serialize;
+use serde_json::json;
+
+use self::query::Query;
+use crate::config::{valid_peer_id, Mode};
+use crate::playback::{Outcome, PlaybackStats, ReplayResult, Replayer};
+use crate::record::recorder::RecorderStats;
+use crate::record::{Record, RecordId};
+use crate::server::Handler;
+use crate::store::{Store, StoreError};
+use crate::sync::{Checkpoint, CommitRequest, ShardId, SyncBatch};
+
+/// Most records one `GET /sync` returns.
+pub const MAX_SYNC_LIMIT: usize = 10_000;
+/// Default `limit` of `GET /sync`.
+pub const DEFAULT_SYNC_LIMIT: usize = 100;
+/// A `GET /sync` answer stops growing past this many encoded bytes (it
+/// always holds at least one record).
+const MAX_SYNC_BYTES: usize = 32 << 20;
+const MAX_COMMIT_BODY: usize = 64 << 10;
+const MAX_PUSH_BODY: usize = 1 << 30;
+const MSGPACK: &str = "application/msgpack";
+
+/// What the Playback side of the API needs.
+pub struct PlaybackApi {
+    pub replayer: Arc<Replayer>,
+    pub stats: Arc<PlaybackStats>,
+    pub peer_id: String,
+    pub peer_addr: Option<String>,
+    pub results_kept: u64,
+}
+
+pub struct ApiState {
+    pub mode: Mode,
+    pub shards: u32,
+    pub auth_token: Option<String>,
+    pub store: Arc<dyn Store>,
+    pub uses_redis: bool,
+    pub recorder: Option<Arc<RecorderStats>>,
+    pub playback: Option<PlaybackApi>,
+    pub started: Instant,
+}
+
+#[derive(Clone)]
+pub struct Api {
+    state: Arc<ApiState>,
+}
+
+type ApiResponse = Response<Full<Bytes>>;
+
+/// A request the API refuses, with the status and a message for a person.
+struct Refusal(StatusCode, String);
+
+impl Refusal {
+    fn bad(message: impl Into<String>) -> Refusal {
+        Refusal(StatusCode::BAD_REQUEST, message.into())
+    }
+}
+
+impl From<StoreError> for Refusal {
+    fn from(e: StoreError) -> Refusal {
+        Refusal(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("store unavailable: {e}"),
+        )
+    }
+}
+
+impl Api {
+    pub fn new(state: ApiState) -> Api {
+        Api {
+            state: Arc::new(state),
+        }
+    }
+
+    async fn route(&self, req: Request<Incoming>) -> Result<ApiResponse, Refusal> {
+        let path = req.uri().path().to_string();
+        let method = req.method().clone();
+        if path != "/health" {
+            self.authorize(req.headers())?;
+        }
+        let mode = self.state.mode;
+        match (&method, path.as_str(), mode) {
+            (&Method::GET, "/health", _) => Ok(self.health().await),
+            (&Method::GET, "/api/status", _) => self.status().await,
+            (&Method::GET, "/metrics", _) => Ok(text(StatusCode::OK, crate::metrics::render())),
+            (&Method::GET, "/sync", Mode::Record) => self.pull(&req).await,
+            (&Method::POST, "/commit", Mode::Record) => self.commit(req).await,
+            (&Method::POST, "/sync", Mode::Playback) => self.push(req).await,
+            (&Method::GET, "/api/replays", Mode::Playback) => self.replays(&req).await,
+            (_, "/sync" | "/commit" | "/api/replays", _) => Err(Refusal(
+                StatusCode::METHOD_NOT_ALLOWED,
+                format!("{method} {path} is not served by a {mode} node"),
+            )),
+            _ => Err(Refusal(
+                StatusCode::NOT_FOUND,
+                format!("no such path: {path}"),
+            )),
+        }
+    }
+
+    fn authorize(&self, headers: &HeaderMap) -> Result<(), Refusal> {
+        let Some(token) = &self.state.auth_token else {
+            return Ok(());
+        };
+        let given = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or("");
+        if constant_time_eq(given.as_bytes(), token.as_bytes()) {
+            Ok(())
+        } else {
+            Err(Refusal(
+                StatusCode::UNAUTHORIZED,
+                "missing or wrong bearer token (Authorization: Bearer …)".into(),
+            ))
+        }
+    }
+
+    fn shard(&self, id: ShardId) -> Result<u32, Refusal> {
+        if id.0 < self.state.shards {
+            Ok(id.0)
+        } else {
+            Err(Refusal::bad(format!(
+                "shard_id {} is out of range: this node has {} shard(s), 0 to {}",
+                id.0,
+                self.state.shards,
+                self.state.shards - 1
+            )))
+        }
+    }
+
+    /// `GET /sync?peer_id=&shard_id=&limit=&after=&start=&end=`
+    async fn pull(&self, req: &Request<Incoming>) -> Result<ApiResponse, Refusal> {
+        let mut q = Query::parse(req.uri().query().unwrap_or("")).map_err(Refusal::bad)?;
+        let peer_id = q.take("peer_id").unwrap_or_else(|| "default".into());
+        if !valid_peer_id(&peer_id) {
+            return Err(Refusal::bad(format!(
+                "peer_id `{peer_id}`: use 1 to 128 letters, digits, `-`, `_` or `.`"
+            )));
+        }
+        let shard = match q.take("shard_id") {
+            Some(s) => self.shard(ShardId::parse(&s).map_err(Refusal::bad)?)?,
+            None => 0,
+        };
+        let limit = match q.take("limit") {
+            Some(s) => s
+                .parse::<usize>()
+                .ok()
+                .filter(|n| (1..=MAX_SYNC_LIMIT).contains(n))
+                .ok_or_else(|| {
+                    Refusal::bad(format!("limit `{s}` must be 1 to {MAX_SYNC_LIMIT}"))
+                })?,
+            None => DEFAULT_SYNC_LIMIT,
+        };
+        let after = q
+            .take("after")
+            .map(|s| s.parse::<RecordId>())
+            .transpose()
+            .map_err(|e| Refusal::bad(format!("after: {e}")))?;
+        let time = |name: &str, q: &mut Query| {
+            q.take(name)
+                .map(|s| crate::clock::parse_rfc3339_ms(&s))
+                .transpose()
+                .map_err(|e| Refusal::bad(format!("{name}: {e}")))
+        };
+        let start = time("start", &mut q)?;
+        let end = time("end", &mut q)?;
+        q.finish(&["peer_id", "shard_id", "limit", "after", "start", "end"])
+            .map_err(Refusal::bad)?;
+
+        let store = &self.state.store;
+        let mut from = match (after, start) {
+            (Some(after), _) => after.successor(),
+            (None, Some(_)) => RecordId::ZERO,
+            (None, None) => store
+                .checkpoint(&peer_id, shard)
+                .await?
+                .map_or(RecordId::ZERO, |c| c.last_record_id.successor()),
+        };
+        if let Some(start) = start {
+            from = from.max(RecordId::new(start, 0));
+        }
+        let to = end.map_or(RecordId::MAX, |end| RecordId::new(end, u64::MAX));
+        let stored = store.read(shard, from, to, limit + 1).await?;
+        let mut has_more = stored.len() > limit;
+        let mut records = Vec::with_capacity(stored.len().min(limit));
+        let mut bytes = 0;
+        for entry in stored.iter().take(limit) {
+            let size: usize = entry.pieces.iter().map(Bytes::len).sum();
+            if !records.is_empty() && bytes + size > MAX_SYNC_BYTES {
+                has_more = true;
+                break;
+            }
+            bytes += size;
+            records.push(entry.decode()?);
+        }
+        let batch = SyncBatch {
+            next_id: records.last().and_then(|r: &Record| r.id),
+            records,
+            has_more,
+        };
+        Ok(encode(req.headers(), StatusCode::OK, &batch))
+    }
+
+    /// `POST /commit` with the original README's body.
+    async fn commit(&self, req: Request<Incoming>) -> Result<ApiResponse, Refusal> {
+        let body = read_body(req, MAX_COMMIT_BODY).await?;
+        let commit: CommitRequest =
+            serde_json::from_slice(&body).map_err(|e| Refusal::bad(format!("commit body: {e}")))?;
+        if !valid_peer_id(&commit.peer_id) {
+            return Err(Refusal::bad(format!(
+                "peer_id `{}`: use 1 to 128 letters, digits, `-`, `_` or `.`",
+                commit.peer_id
+            )));
+        }
+        self.shard(commit.shard_id)?;
+        let checkpoint = Checkpoint::from_commit(&commit, crate::clock::now_ms());
+        let stored = self.state.store.commit(checkpoint).await?;
+        Ok(json_response(StatusCode::OK, &stored))
+    }
+
+    /// `POST /sync` on a Playback node: replay a pushed batch now, in order.
+    async fn push(&self, req: Request<Incoming>) -> Result<ApiResponse, Refusal> {
+        let playback = self
+            .state
+            .playback
+            .as_ref()
+            .expect("playback nodes have a replayer");
+        let is_msgpack = content_type_is(req.headers(), MSGPACK);
+        let accept = req.headers().clone();
+        let body = read_body(req, MAX_PUSH_BODY).await?;
+        let batch: SyncBatch = if is_msgpack {
+            rmp_serde::from_slice(&body)
+                .map_err(|e| Refusal::bad(format!("sync batch (msgpack): {e}")))?
+        } else {
+            serde_json::from_slice(&body).map_err(|e| Refusal::bad(format!("sync batch: {e}")))?
+        };
+        for (i, record) in batch.records.iter().enumerate() {
+            if record.id.is_none() {
+                return Err(Refusal::bad(format!("records[{i}] has no id")));
+            }
+            self.shard(ShardId(record.shard))
+                .map_err(|Refusal(s, m)| Refusal(s, format!("records[{i}]: {m}")))?;
+        }
+        let mut results = Vec::with_capacity(batch.records.len());
+        for record in &batch.records {
+            results.push(playback.replayer.replay(record).await);
+        }
+        playback.stats.count(&results);
+        for shard in 0..self.state.shards {
+            let of_shard: Vec<ReplayResult> = results
+                .iter()
+                .filter(|r| r.shard == shard)
+                .cloned()
+                .collect();
+            if !of_shard.is_empty() {
+                self.state
+                    .store
+                    .save_replays(
+                        &playback.peer_id,
+                        shard,
+                        &of_shard,
+                        None,
+                        playback.results_kept,
+                    )
+                    .await?;
+            }
+        }
+        Ok(encode(
+            &accept,
+            StatusCode::OK,
+            &json!({ "results": results }),
+        ))
+    }
+
+    /// `GET /api/replays?shard=&result=&limit=`, newest first.
+    async fn replays(&self, req: &Request<Incoming>) -> Result<ApiResponse, Refusal> {
+        let mut q = Query::parse(req.uri().query().unwrap_or("")).map_err(Refusal::bad)?;
+        let shard = q
+            .take("shard")
+            .map(|s| {
+                ShardId::parse(&s)
+                    .map_err(Refusal::bad)
+                    .and_then(|id| self.shard(id))
+            })
+            .transpose()?;
+        let outcome = q
+            .take("result")
+            .map(|s| s.parse::<Outcome>())
+            .transpose()
+            .map_err(|e| Refusal::bad(format!("result: {e}")))?;
+        let limit = match q.take("limit") {
+            Some(s) => s
+                .parse::<usize>()
+                .ok()
+                .filter(|n| (1..=MAX_SYNC_LIMIT).contains(n))
+                .ok_or_else(|| {
+                    Refusal::bad(format!("limit `{s}` must be 1 to {MAX_SYNC_LIMIT}"))
+                })?,
+            None => 100,
+        };
+        q.finish(&["shard", "result", "limit"])
+            .map_err(Refusal::bad)?;
+        let shards: Vec<u32> = match shard {
+            Some(s) => vec![s],
+            None => (0..self.state.shards).collect(),
+        };
+        // Scan deeper than `limit` when filtering by result.
+        let scan = if outcome.is_some() {
+            limit.saturating_mul(10).min(100_000)
+        } else {
+            limit
+        };
+        let mut results = Vec::new();
+        for shard in shards {
+            results.extend(
+                self.state
+                    .store
+                    .replays(shard, scan)
+                    .await?
+                    .into_iter()
+                    .filter(|r| outcome.is_none_or(|o| r.outcome == o)),
+            );
+        }
+        results.sort_by_key(|r| std::cmp::Reverse(r.replayed_at_ms));
+        results.truncate(limit);
+        Ok(json_response(
+            StatusCode::OK,
+            &json!({ "results": results }),
+        ))
+    }
+
+    async fn store_up(&self) -> Result<(), String> {
+        match tokio::time::timeout(Duration::from_secs(2), self.state.store.ping()).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err(format!(
+                "{}: no answer within 2s",
+                self.state.store.describe()
+            )),
+        }
+    }
+
+    /// The original README's shape; 503 when DOWN.
+    async fn health(&self) -> ApiResponse {
+        let store = self.store_up().await;
+        let mut errors: Vec<String> = Vec::new();
+        let mut components = serde_json::Map::new();
+        let store_key = if self.state.uses_redis {
+            "redis"
+        } else {
+            "store"
+        };
+        components.insert(store_key.into(), up_down(store.is_ok()));
+        if let Err(e) = &store {
+            errors.push(e.clone());
+        }
+        if let Some(rec) = &self.state.recorder {
+            let ok = !rec.overflowing.load(Ordering::Relaxed);
+            if !ok {
+                errors.push("recording spool is full: records are being dropped".into());
+            }
+            components.insert("recording".into(), up_down(ok));
+        }
+        if let Some(pb) = &self.state.playback {
+            let ok = pb.stats.sync_ok.load(Ordering::Relaxed);
+            if !ok {
+                errors.push("the last sync round with the peer failed".into());
+            }
+            components.insert("sync".into(), up_down(ok));
+        }
+        components.insert("system".into(), up_down(true));
+        let up = errors.is_empty();
+        let body = json!({
+            "status": if up { "UP" } else { "DOWN" },
+            "mode": self.state.mode,
+            "components": components,
+            "last_check": crate::clock::format_ms(crate::clock::now_ms()),
+            "error": if up { None } else { Some(errors.join("; ")) },
+        });
+        let status = if up {
+            StatusCode::OK
+        } else {
+            StatusCode::SERVICE_UNAVAILABLE
+        };
+        json_response(status, &body)
+    }
+
+    async fn status(&self) -> Result<ApiResponse, Refusal> {
+        let state = &self.state;
+        let store_up = self.store_up().await;
+        let mut body = json!({
+            "mode": state.mode,
+            "version": env!("CARGO_PKG_VERSION"),
+            "uptime_secs": state.started.elapsed().as_secs(),
+            "shards": state.shards,
+            "store": {
+                "backend": state.store.describe(),
+                "status": if store_up.is_ok() { "UP" } else { "DOWN" },
+                "error": store_up.as_ref().err(),
+            },
+            "system": system_status(),
+        });
+        if store_up.is_ok() {
+            let mut stored = 0;
+            for shard in 0..state.shards {
+                stored += state.store.len(shard).await?;
+            }
+            body["records_stored"] = json!(stored);
+        }
+        if let Some(rec) = &state.recorder {
+            body["recording"] = json!({
+                "submitted": rec.submitted.load(Ordering::Relaxed),
+                "written": rec.written.load(Ordering::Relaxed),
+                "dropped": rec.dropped.load(Ordering::Relaxed),
+                "spooled": rec.spooled.load(Ordering::Relaxed),
+                "write_errors": rec.write_errors.load(Ordering::Relaxed),
+            });
+            if store_up.is_ok() {
+                body["checkpoints"] = json!(state.store.checkpoints(state.shards).await?);
+            }
+        }
+        if let Some(pb) = &state.playback {
+            let s = &pb.stats;
+            let matched = s.matched.load(Ordering::Relaxed);
+            let mismatched = s.mismatched.load(Ordering::Relaxed);
+            let compared = matched + mismatched;
+            let last_sync = s.last_sync_ms.load(Ordering::Relaxed);
+            body["playback"] = json!({
+                "peer": pb.peer_addr,
+                "peer_id": pb.peer_id,
+                "transport": if pb.peer_addr.is_some() { Some("http") } else { None },
+                "matched": matched,
+                "mismatched": mismatched,
+                "failed": s.failed.load(Ordering::Relaxed),
+                "skipped": s.skipped.load(Ordering::Relaxed),
+                "match_rate": if compared > 0 { Some(matched as f64 / compared as f64) } else { None },
+                "pulls": s.pulls.load(Ordering::Relaxed),
+                "commits": s.commits.load(Ordering::Relaxed),
+                "sync_errors": s.sync_errors.load(Ordering::Relaxed),
+                "last_sync": (last_sync > 0).then(|| crate::clock::format_ms(last_sync)),
+            });
+        }
+        Ok(json_response(StatusCode::OK, &body))
+    }
+}
+
+impl Handler<Full<Bytes>> for Api {
+    async fn call(&self, req: Request<Incoming>, _client: SocketAddr) -> ApiResponse {
+        match self.route(req).await {
+            Ok(response) => response,
+            Err(Refusal(status, message)) => {
+                let mut response = json_response(status, &json!({ "error": message }));
+                if status == StatusCode::UNAUTHORIZED {
+                    response
+                        .headers_mut()
+                        .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+                }
+                response
+            }
+        }
+    }
+}
+
+fn up_down(up: bool) -> serde_json::Value {
+    json!(if up { "UP" } else { "DOWN" })
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn content_type_is(headers: &HeaderMap, mime: &str) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with(mime))
+}
+
+async fn read_body(req: Request<Incoming>, limit: usize) -> Result<Bytes, Refusal> {
+    Limited::new(req.into_body(), limit)
+        .collect()
+        .await
+        .map(|c| c.to_bytes())
+        .map_err(|e| {
+            if e.is::<http_body_util::LengthLimitError>() {
+                Refusal(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    format!("body is larger than {limit} bytes"),
+                )
+            } else {
+                Refusal::bad(format!("cannot read the body: {e}"))
+            }
+        })
+}
+
+fn json_response<T: Serialize>(status: StatusCode, value: &T) -> ApiResponse {
+    let body = serde_json::to_vec(value).expect("API answers always encode");
+    with_type(status, body, "application/json")
+}
+
+/// JSON, or MessagePack when the client accepts it.
+fn encode<T: Serialize>(headers: &HeaderMap, status: StatusCode, value: &T) -> ApiResponse {
+    let wants_msgpack = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains(MSGPACK));
+    if wants_msgpack {
+        let body = rmp_serde::to_vec_named(value).expect("API answers always encode");
+        with_type(status, body, MSGPACK)
+    } else {
+        json_response(status, value)
+    }
+}
+
+fn text(status: StatusCode, body: String) -> ApiResponse {
+    with_type(
+        status,
+        body.into_bytes(),
+        "text/plain; version=0.0.4; charset=utf-8",
+    )
+}
+
+fn with_type(status: StatusCode, body: Vec<u8>, content_type: &'static str) -> ApiResponse {
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    response
+}
+
+/// Resident memory and load, read from /proc where there is one.
+fn system_status() -> serde_json::Value {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse::<u64>().ok())
+    };
+    let load = std::fs::read_to_string("/proc/loadavg").ok().and_then(|l| {
+        l.split_whitespace()
+            .next()
+            .and_then(|v| v.parse::<f64>().ok())
+    });
+    json!({
+        "rss_bytes": field("VmRSS:").map(|kb| kb * 1024),
+        "threads": field("Threads:"),
+        "load_1m": load,
+        "cpus": std::thread::available_parallelism().map(|n| n.get()).ok(),
+    })
+}

@@ -1,0 +1,777 @@
+//! The configuration file: its types, their defaults, and loading with errors
+//! that name the file, line and column.
+//!
+//! Everything is read and checked before any port is bound. The key names of
+//! the original README's two example configs are kept as they are; additions
+//! are documented in the README with their defaults.
+
+mod jsonc;
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer};
+
+/// Why a configuration could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{path}: cannot read: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}:{line}:{column}: {message}")]
+    Syntax {
+        path: PathBuf,
+        line: usize,
+        column: usize,
+        message: String,
+    },
+    #[error("{path}: {key}: {message}")]
+    Invalid {
+        path: PathBuf,
+        key: &'static str,
+        message: String,
+    },
+}
+
+/// The role of a node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+pub enum Mode {
+    #[serde(alias = "record", alias = "RECORD")]
+    Record,
+    #[serde(alias = "playback", alias = "PLAYBACK")]
+    Playback,
+}
+
+impl fmt::Display for Mode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Mode::Record => "Record",
+            Mode::Playback => "Playback",
+        })
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub mode: Mode,
+    #[serde(default)]
+    pub http: Option<HttpConfig>,
+    #[serde(default)]
+    pub grpc: Option<GrpcConfig>,
+    #[serde(default)]
+    pub tcp: Option<TcpConfig>,
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
+    #[serde(default)]
+    pub sync: SyncConfig,
+    #[serde(default)]
+    pub redis: Option<RedisConfig>,
+    /// Where the embedded store lives when `redis` is absent or null.
+    #[serde(default = "default_data_dir")]
+    pub data_dir: PathBuf,
+    #[serde(default)]
+    pub api: ApiConfig,
+    #[serde(default)]
+    pub record: RecordConfig,
+    #[serde(default)]
+    pub playback: PlaybackConfig,
+    #[serde(default)]
+    pub service_discovery: Option<ServiceDiscoveryConfig>,
+    #[serde(default)]
+    pub logging: LoggingConfig,
+}
+
+fn default_data_dir() -> PathBuf {
+    PathBuf::from("./data")
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpConfig {
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    #[serde(default = "default_host")]
+    pub host: String,
+    pub port: u16,
+    pub downstream: Downstream,
+}
+
+/// A `grpc` section: accepted so that the original examples load; the gRPC
+/// proxy itself is not built yet and a node says so at start-up.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GrpcConfig {
+    #[serde(default)]
+    pub enabled: bool,
+    #[serde(default = "default_host")]
+    pub host: String,
+    pub port: u16,
+    #[serde(default)]
+    pub downstream: Vec<String>,
+}
+
+/// A `tcp` section: accepted; the TCP proxy is not built yet.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TcpConfig {
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    #[serde(default = "default_host")]
+    pub host: String,
+    pub port: u16,
+    pub downstream: String,
+}
+
+/// A `tls` section as in the original README; HTTPS is not built yet.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    pub tls_cert: PathBuf,
+    pub tls_key: PathBuf,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SyncConfig {
+    /// On a Playback node: pull and replay. A Record node always serves the
+    /// sync API and ignores this.
+    #[serde(default)]
+    pub enabled: bool,
+    #[serde(default = "one")]
+    pub shards: u32,
+    /// Milliseconds between pulls of a shard that had nothing new.
+    #[serde(default = "default_interval_ms", rename = "interval")]
+    pub interval_ms: u64,
+    #[serde(default)]
+    pub peer: Option<PeerConfig>,
+    /// This Playback node's name in the Record node's checkpoints.
+    #[serde(default = "default_peer_id")]
+    pub peer_id: String,
+    /// Records per pull.
+    #[serde(default = "default_sync_batch")]
+    pub batch_size: usize,
+}
+
+impl Default for SyncConfig {
+    fn default() -> Self {
+        SyncConfig {
+            enabled: false,
+            shards: 1,
+            interval_ms: default_interval_ms(),
+            peer: None,
+            peer_id: default_peer_id(),
+            batch_size: default_sync_batch(),
+        }
+    }
+}
+
+impl SyncConfig {
+    pub fn interval(&self) -> Duration {
+        Duration::from_millis(self.interval_ms)
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PeerConfig {
+    #[serde(default = "default_host")]
+    pub host: String,
+    #[serde(default = "default_api_port")]
+    pub port: u16,
+    /// HTTPS to the peer; not built yet.
+    #[serde(default)]
+    pub tls: bool,
+    /// Sent as `Authorization: Bearer …` to the peer's API.
+    #[serde(default)]
+    pub auth_token: Option<String>,
+    #[serde(default = "default_peer_timeout_ms")]
+    pub timeout_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedisConfig {
+    pub url: String,
+    #[serde(default = "default_pool_size")]
+    pub pool_size: usize,
+    /// Seconds.
+    #[serde(default = "default_connection_timeout")]
+    pub connection_timeout: u64,
+    #[serde(default = "default_retry_count")]
+    pub retry_count: usize,
+    /// Prefix of every key QProxy writes.
+    #[serde(default = "default_key_prefix")]
+    pub key_prefix: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiConfig {
+    #[serde(default = "default_host")]
+    pub host: String,
+    #[serde(default = "default_api_port")]
+    pub port: u16,
+    /// When set, every path but `/health` needs `Authorization: Bearer <token>`.
+    #[serde(default)]
+    pub auth_token: Option<String>,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        ApiConfig {
+            host: default_host(),
+            port: default_api_port(),
+            auth_token: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RecordConfig {
+    /// Record on a Record node; false makes it a plain proxy.
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// Exchanges waiting for the batch writer; beyond it they are dropped
+    /// (counted and logged) rather than slowing the client.
+    #[serde(default = "default_queue_capacity")]
+    pub queue_capacity: usize,
+    /// Records per store write.
+    #[serde(default = "default_record_batch")]
+    pub batch_size: usize,
+    /// Records kept in memory while the store is unreachable.
+    #[serde(default = "default_spool_capacity")]
+    pub spool_capacity: usize,
+    /// Body bytes kept per direction; a longer body is proxied in full but
+    /// recorded as truncated and not replayed.
+    #[serde(default = "default_max_body_bytes")]
+    pub max_body_bytes: usize,
+    /// Shard by this request header instead of the client address.
+    #[serde(default)]
+    pub shard_key_header: Option<String>,
+    /// Records older than this many seconds are trimmed (0 keeps them).
+    #[serde(default = "default_retention_secs")]
+    pub retention_secs: u64,
+    /// At most this many records per shard (0 = no limit).
+    #[serde(default = "default_retention_len")]
+    pub retention_len: u64,
+}
+
+impl Default for RecordConfig {
+    fn default() -> Self {
+        RecordConfig {
+            enabled: true,
+            queue_capacity: default_queue_capacity(),
+            batch_size: default_record_batch(),
+            spool_capacity: default_spool_capacity(),
+            max_body_bytes: default_max_body_bytes(),
+            shard_key_header: None,
+            retention_secs: default_retention_secs(),
+            retention_len: default_retention_len(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PlaybackConfig {
+    /// Time allowed for one replayed request, in milliseconds.
+    #[serde(default = "default_replay_timeout_ms")]
+    pub timeout_ms: u64,
+    /// Replay results kept per shard.
+    #[serde(default = "default_results_len")]
+    pub results_retention_len: u64,
+}
+
+impl Default for PlaybackConfig {
+    fn default() -> Self {
+        PlaybackConfig {
+            timeout_ms: default_replay_timeout_ms(),
+            results_retention_len: default_results_len(),
+        }
+    }
+}
+
+/// The `service_discovery` section of the original README. Parsed and
+/// checked; replay targets come from the node's own downstream for now.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceDiscoveryConfig {
+    pub provider: DiscoveryProvider,
+    #[serde(default)]
+    pub config: DiscoverySettings,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DiscoveryProvider {
+    Static,
+    Zookeeper,
+    Kubernetes,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DiscoverySettings {
+    #[serde(default)]
+    pub static_services: Vec<StaticService>,
+    #[serde(default)]
+    pub zookeeper: Option<ZookeeperSettings>,
+    #[serde(default)]
+    pub kubernetes: Option<KubernetesSettings>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StaticService {
+    pub name: String,
+    pub endpoints: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ZookeeperSettings {
+    pub address: String,
+    pub base_path: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KubernetesSettings {
+    pub namespace: String,
+    #[serde(default)]
+    pub service_account_token: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoggingConfig {
+    /// A `tracing` filter such as `info` or `qproxy=debug`.
+    #[serde(default)]
+    pub level: Option<String>,
+    #[serde(default)]
+    pub format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+/// A downstream base URL: `http://host:port` with an optional path prefix.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Downstream {
+    pub uri: http::Uri,
+}
+
+impl Downstream {
+    pub fn authority(&self) -> &http::uri::Authority {
+        self.uri.authority().expect("checked when parsed")
+    }
+
+    /// The path prefix without a trailing `/` (empty for none).
+    pub fn path_prefix(&self) -> &str {
+        self.uri.path().trim_end_matches('/')
+    }
+}
+
+impl FromStr for Downstream {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let uri: http::Uri = s.parse().map_err(|e| {
+            format!("`{s}` is not a URL ({e}); expected e.g. http://localhost:8081")
+        })?;
+        match uri.scheme_str() {
+            Some("http") => {}
+            Some("https") => {
+                return Err(format!(
+                    "`{s}`: https downstreams are not supported yet; use http://"
+                ))
+            }
+            _ => return Err(format!("`{s}` needs an http:// scheme, e.g. http://{s}")),
+        }
+        if uri.authority().is_none() {
+            return Err(format!("`{s}` has no host"));
+        }
+        if uri.query().is_some() {
+            return Err(format!("`{s}`: a downstream cannot carry a query"));
+        }
+        Ok(Downstream { uri })
+    }
+}
+
+impl<'de> Deserialize<'de> for Downstream {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+fn yes() -> bool {
+    true
+}
+fn one() -> u32 {
+    1
+}
+fn default_host() -> String {
+    "127.0.0.1".into()
+}
+fn default_api_port() -> u16 {
+    8084
+}
+fn default_interval_ms() -> u64 {
+    1000
+}
+fn default_peer_id() -> String {
+    "default".into()
+}
+fn default_sync_batch() -> usize {
+    200
+}
+fn default_peer_timeout_ms() -> u64 {
+    10_000
+}
+fn default_pool_size() -> usize {
+    10
+}
+fn default_connection_timeout() -> u64 {
+    5
+}
+fn default_retry_count() -> usize {
+    3
+}
+fn default_key_prefix() -> String {
+    "qproxy".into()
+}
+fn default_queue_capacity() -> usize {
+    10_000
+}
+fn default_record_batch() -> usize {
+    256
+}
+fn default_spool_capacity() -> usize {
+    100_000
+}
+fn default_max_body_bytes() -> usize {
+    64 << 20
+}
+fn default_retention_secs() -> u64 {
+    7 * 24 * 3600
+}
+fn default_retention_len() -> u64 {
+    1_000_000
+}
+fn default_replay_timeout_ms() -> u64 {
+    30_000
+}
+fn default_results_len() -> u64 {
+    100_000
+}
+
+/// Largest `sync.shards`: every shard is a stream and a task.
+pub const MAX_SHARDS: u32 = 1024;
+
+impl Config {
+    /// Reads, parses and checks a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Config::parse(&text, path)
+    }
+
+    /// Parses and checks config text; `path` only names it in errors.
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let plain = jsonc::strip(text).map_err(|e| ConfigError::Syntax {
+            path: path.to_owned(),
+            line: e.line,
+            column: e.column,
+            message: e.to_string(),
+        })?;
+        let config: Config = serde_json::from_str(&plain).map_err(|e| ConfigError::Syntax {
+            path: path.to_owned(),
+            line: e.line(),
+            column: e.column(),
+            message: explain(&e, &plain),
+        })?;
+        config.check(path)?;
+        Ok(config)
+    }
+
+    /// One line about what this config runs, with no secret in it.
+    pub fn summary(&self) -> String {
+        let http = self
+            .http
+            .as_ref()
+            .filter(|h| h.enabled)
+            .map_or("none".to_string(), |h| {
+                format!("{}:{} -> {}", h.host, h.port, h.downstream.uri)
+            });
+        let store = match &self.redis {
+            Some(r) => match redis::Client::open(r.url.as_str()) {
+                Ok(c) => format!(
+                    "redis {} (pool {})",
+                    c.get_connection_info().addr(),
+                    r.pool_size
+                ),
+                Err(_) => "redis".to_string(),
+            },
+            None => format!("embedded {}", self.data_dir.display()),
+        };
+        let peer = self
+            .sync
+            .peer
+            .as_ref()
+            .map_or("none".to_string(), |p| format!("{}:{}", p.host, p.port));
+        format!(
+            "mode {}, http {http}, api {}:{} (token {}), store {store}, shards {}, sync {} (peer {peer}, peer_id {})",
+            self.mode,
+            self.api.host,
+            self.api.port,
+            if self.api.auth_token.is_some() { "set" } else { "none" },
+            self.sync.shards,
+            if self.sync.enabled { "on" } else { "off" },
+            self.sync.peer_id,
+        )
+    }
+
+    /// Rules that involve more than one key.
+    fn check(&self, path: &Path) -> Result<(), ConfigError> {
+        let invalid = |key, message: String| ConfigError::Invalid {
+            path: path.to_owned(),
+            key,
+            message,
+        };
+        if self.sync.shards == 0 || self.sync.shards > MAX_SHARDS {
+            return Err(invalid(
+                "sync.shards",
+                format!("must be 1 to {MAX_SHARDS}, not {}", self.sync.shards),
+            ));
+        }
+        if self.sync.interval_ms == 0 {
+            return Err(invalid("sync.interval", "must be at least 1 ms".into()));
+        }
+        if self.sync.batch_size == 0 {
+            return Err(invalid("sync.batch_size", "must be at least 1".into()));
+        }
+        if !valid_peer_id(&self.sync.peer_id) {
+            return Err(invalid(
+                "sync.peer_id",
+                format!(
+                    "`{}`: use 1 to 128 letters, digits, `-`, `_` or `.`",
+                    self.sync.peer_id
+                ),
+            ));
+        }
+        if self.mode == Mode::Playback && self.sync.enabled {
+            if self.sync.peer.is_none() {
+                return Err(invalid(
+                    "sync.peer",
+                    "a Playback node with sync.enabled needs the Record node's api address, \
+                     e.g. {\"host\": \"127.0.0.1\", \"port\": 8084}"
+                        .into(),
+                ));
+            }
+            if !self.http.as_ref().is_some_and(|h| h.enabled) {
+                return Err(invalid(
+                    "http",
+                    "a Playback node with sync.enabled replays against http.downstream; \
+                     configure an http section"
+                        .into(),
+                ));
+            }
+        }
+        if let Some(peer) = self
+            .sync
+            .peer
+            .as_ref()
+            .filter(|_| self.mode == Mode::Playback && self.sync.enabled)
+        {
+            if peer.tls {
+                return Err(invalid(
+                    "sync.peer.tls",
+                    "TLS to the peer is not supported yet; set it to false".into(),
+                ));
+            }
+        }
+        if let Some(redis) = &self.redis {
+            if let Err(e) = redis::Client::open(redis.url.as_str()) {
+                return Err(invalid("redis.url", format!("{e}")));
+            }
+            if redis.pool_size == 0 {
+                return Err(invalid("redis.pool_size", "must be at least 1".into()));
+            }
+        }
+        let record = &self.record;
+        if record.queue_capacity == 0 || record.batch_size == 0 || record.spool_capacity == 0 {
+            return Err(invalid(
+                "record",
+                "queue_capacity, batch_size and spool_capacity must be at least 1".into(),
+            ));
+        }
+        if let Some(header) = &record.shard_key_header {
+            if http::HeaderName::from_bytes(header.as_bytes()).is_err() {
+                return Err(invalid(
+                    "record.shard_key_header",
+                    format!("`{header}` is not a valid header name"),
+                ));
+            }
+        }
+        if let Some(token) = &self.api.auth_token {
+            if token.len() < 16 {
+                return Err(invalid(
+                    "api.auth_token",
+                    "use at least 16 characters".into(),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Peer ids end up in keys and URLs: keep them plain.
+pub fn valid_peer_id(id: &str) -> bool {
+    (1..=128).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+}
+
+/// `serde_json`'s message without its position suffix, plus a hint when the
+/// culprit is a bare word such as `nill`.
+fn explain(err: &serde_json::Error, text: &str) -> String {
+    let full = err.to_string();
+    let message = match full.rfind(" at line ") {
+        Some(i) => full[..i].to_string(),
+        None => full,
+    };
+    if let Some(word) = bare_word_at(text, err.line(), err.column()) {
+        return format!(
+            "{message}: `{word}` is not a JSON value (use null, true, false, a number, \"a string\", {{…}} or […])"
+        );
+    }
+    if message.starts_with("expected `,` or `}`") || message.starts_with("expected `,` or `]`") {
+        return format!("{message} (is a comma missing at the end of the previous line?)");
+    }
+    message
+}
+
+fn bare_word_at(text: &str, line: usize, column: usize) -> Option<&str> {
+    let line_text = text.lines().nth(line.checked_sub(1)?)?;
+    let end = column.min(line_text.len());
+    let start = line_text[..end]
+        .rfind(|c: char| !c.is_ascii_alphanumeric() && c != '_')
+        .map_or(0, |i| i + 1);
+    let rest = &line_text[start..];
+    let word_len = rest
+        .find(|c: char| !c.is_ascii_alphanumeric() && c != '_')
+        .unwrap_or(rest.len());
+    let word = &rest[..word_len];
+    if line_text[..start].ends_with('"') {
+        return None;
+    }
+    let is_literal = matches!(word, "null" | "true" | "false");
+    (!word.is_empty() && word.chars().next()?.is_ascii_alphabetic() && !is_literal).then_some(word)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, Path::new("test.json"))
+    }
+
+    #[test]
+    fn minimal_record_config_gets_defaults() {
+        let c = parse(
+            r#"{"mode": "Record", "http": {"port": 8080, "downstream": "http://localhost:8081"}}"#,
+        )
+        .unwrap();
+        assert_eq!(c.mode, Mode::Record);
+        assert_eq!(c.api.port, 8084);
+        assert_eq!(c.api.host, "127.0.0.1");
+        assert_eq!(c.sync.peer_id, "default");
+        assert_eq!(c.sync.shards, 1);
+        assert_eq!(c.data_dir, PathBuf::from("./data"));
+        assert!(c.redis.is_none());
+        assert_eq!(
+            c.http.unwrap().downstream.authority().as_str(),
+            "localhost:8081"
+        );
+    }
+
+    #[test]
+    fn nill_is_reported_with_line_column_and_hint() {
+        let err = parse("{\n  \"mode\": \"Record\",\n  \"tcp\": nill\n}").unwrap_err();
+        let text = err.to_string();
+        assert!(text.starts_with("test.json:3:"), "{text}");
+        assert!(text.contains("`nill` is not a JSON value"), "{text}");
+    }
+
+    #[test]
+    fn unknown_keys_are_refused() {
+        let err = parse("{\"mode\": \"Record\", \"modee\": 1}").unwrap_err();
+        assert!(err.to_string().contains("unknown field `modee`"), "{err}");
+    }
+
+    #[test]
+    fn wrong_types_and_ranges_are_refused_with_position() {
+        let err = parse(
+            "{\"mode\": \"Record\",\n \"http\": {\"port\": 70000, \"downstream\": \"http://a:1\"}}",
+        )
+        .unwrap_err();
+        let text = err.to_string();
+        assert!(text.starts_with("test.json:2:"), "{text}");
+        assert!(text.contains("70000"), "{text}");
+        let err = parse("{\"mode\": \"Record\", \"sync\": {\"shards\": \"4\"}}").unwrap_err();
+        assert!(err.to_string().contains("expected u32"), "{err}");
+    }
+
+    #[test]
+    fn downstream_must_be_an_http_url() {
+        for bad in ["localhost:8081", "ftp://x", "http://", "not a url"] {
+            let text = format!(
+                "{{\"mode\": \"Record\", \"http\": {{\"port\": 1, \"downstream\": \"{bad}\"}}}}"
+            );
+            let err = parse(&text).unwrap_err();
+            assert!(matches!(err, ConfigError::Syntax { .. }), "{bad}: {err}");
+        }
+        let ok: Downstream = "http://10.0.0.1:80/base/".parse().unwrap();
+        assert_eq!(ok.path_prefix(), "/base");
+    }
+
+    #[test]
+    fn playback_with_sync_needs_a_peer() {
+        let err = parse(
+            r#"{"mode": "Playback", "sync": {"enabled": true},
+                "http": {"port": 1, "downstream": "http://a:1"}}"#,
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("sync.peer"), "{err}");
+    }
+
+    #[test]
+    fn missing_comma_gets_a_hint() {
+        let err = parse("{\"mode\": \"Record\"\n \"sync\": {}}").unwrap_err();
+        let text = err.to_string();
+        assert!(text.starts_with("test.json:2:"), "{text}");
+        assert!(text.contains("comma missing"), "{text}");
+    }
+
+    #[test]
+    fn shard_count_is_bounded() {
+        let err = parse("{\"mode\": \"Record\", \"sync\": {\"shards\": 0}}").unwrap_err();
+        assert!(err.to_string().contains("sync.shards"), "{err}");
+    }
+}

@@ -1,0 +1,34 @@
+//! QProxy records live traffic in one network zone and replays it in another.
+//!
+//! A **Record node** proxies zone A's clients to their downstream and
+//! records every exchange; a **Playback node** in zone B pulls the records,
+//! replays them in order against zone B's services, compares the answers and
+//! commits its progress so nothing is lost or replayed twice.
+//!
+//! Where a request goes, in module order:
+//! - [`config`] — the JSON config (comments and trailing commas allowed),
+//!   checked before any port is bound.
+//! - [`node`] — wires one node together and runs it until shutdown.
+//! - [`server`] — the accept loop shared by every HTTP listener.
+//! - [`proxy`] — the proxy listeners (`proxy::http`).
+//! - [`record`] — the record model, the capture tee and the batch
+//!   [`record::recorder::Recorder`].
+//! - [`store`] — the [`store::Store`] trait: Redis Streams or embedded redb.
+//! - [`sync`] — batches, commits and checkpoints between zones, and the
+//!   Playback node's HTTP client for them.
+//! - [`playback`] — replay, compare, and the per-shard pull loop.
+//! - [`api`] — the sync and admin listener (`/sync`, `/commit`, `/health`,
+//!   `/api/status`, `/api/replays`, `/metrics`).
+//! - [`metrics`] — metric names and the Prometheus exporter.
+
+pub mod api;
+pub mod clock;
+pub mod config;
+pub mod metrics;
+pub mod node;
+pub mod playback;
+pub mod proxy;
+pub mod record;
+pub mod server;
+pub mod store;
+pub mod sync;

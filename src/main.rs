@@ -1,0 +1,144 @@
+//! The `qproxy` command: parse flags, load the config, run a node until
+//! Ctrl-C or SIGTERM.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use qproxy::config::{Config, LogFormat};
+use tracing_subscriber::EnvFilter;
+
+/// Record traffic in one network zone and replay it in another.
+#[derive(Debug, Parser)]
+#[command(name = "qproxy", version, about)]
+struct Cli {
+    /// Configuration file (JSON; comments and trailing commas allowed).
+    #[arg(
+        short,
+        long,
+        value_name = "FILE",
+        env = "CONFIG_PATH",
+        default_value = "config.json"
+    )]
+    config: PathBuf,
+
+    /// Log level or filter: error, warn, info, debug, trace, or e.g. qproxy=debug
+    /// [default: info; RUST_LOG is used when this is not given]
+    #[arg(short, long, value_name = "LEVEL")]
+    log_level: Option<String>,
+
+    /// Verbose output: debug logs (unless a level is given) and the loaded
+    /// configuration at start-up.
+    #[arg(short, long)]
+    verbose: bool,
+
+    /// Check the configuration file, print a summary and exit.
+    #[arg(short = 't', long = "check-config")]
+    check_config: bool,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let config = match Config::load(&cli.config) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("qproxy: configuration error: {e}");
+            if matches!(e, qproxy::config::ConfigError::Read { .. }) {
+                eprintln!("qproxy: pass -c FILE or set CONFIG_PATH; ready configs are in config/");
+            }
+            return ExitCode::from(2);
+        }
+    };
+    if cli.check_config {
+        println!(
+            "{}: ok ({} node, {} shard(s), store: {})",
+            cli.config.display(),
+            config.mode,
+            config.sync.shards,
+            if config.redis.is_some() {
+                "redis"
+            } else {
+                "embedded"
+            }
+        );
+        return ExitCode::SUCCESS;
+    }
+    init_tracing(&cli, &config);
+    if cli.verbose {
+        tracing::info!(
+            "configuration loaded from {}: {}",
+            cli.config.display(),
+            config.summary()
+        );
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("qproxy: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async move {
+        let node = match qproxy::node::start(config).await {
+            Ok(node) => node,
+            Err(e) => {
+                tracing::error!("{e}");
+                eprintln!("qproxy: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        let token = node.shutdown_token();
+        tokio::spawn(async move {
+            shutdown_signal().await;
+            tracing::info!("shutting down");
+            token.cancel();
+        });
+        node.wait().await;
+        ExitCode::SUCCESS
+    })
+}
+
+fn init_tracing(cli: &Cli, config: &Config) {
+    let directive = cli
+        .log_level
+        .clone()
+        .or_else(|| std::env::var("RUST_LOG").ok().filter(|s| !s.is_empty()))
+        .or_else(|| config.logging.level.clone())
+        .unwrap_or_else(|| if cli.verbose { "debug" } else { "info" }.to_string());
+    let filter = EnvFilter::try_new(&directive).unwrap_or_else(|e| {
+        eprintln!("qproxy: log level `{directive}` is not valid ({e}); using info");
+        EnvFilter::new("info")
+    });
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr);
+    match config.logging.format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}

@@ -1,0 +1,91 @@
+//! Metric names (one place for all of them) and the Prometheus exporter.
+//!
+//! The `http_*` names are the original README's. Labels are bounded: a
+//! method outside the standard set counts as `OTHER`, statuses by class.
+
+use std::sync::OnceLock;
+
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+pub const HTTP_REQUESTS_TOTAL: &str = "http_requests_total";
+pub const HTTP_REQUEST_DURATION_SECONDS: &str = "http_request_duration_seconds";
+pub const HTTP_ACTIVE_CONNECTIONS: &str = "http_active_connections";
+pub const HTTP_REQUEST_SIZE_BYTES: &str = "http_request_size_bytes";
+pub const HTTP_RESPONSE_SIZE_BYTES: &str = "http_response_size_bytes";
+pub const HTTP_ERRORS_TOTAL: &str = "http_errors_total";
+
+pub const RECORDS_TOTAL: &str = "qproxy_records_total";
+pub const RECORD_BYTES_TOTAL: &str = "qproxy_record_bytes_total";
+pub const RECORDS_DROPPED_TOTAL: &str = "qproxy_records_dropped_total";
+pub const RECORD_WRITE_ERRORS_TOTAL: &str = "qproxy_record_write_errors_total";
+pub const RECORD_BATCH_SECONDS: &str = "qproxy_record_batch_write_seconds";
+pub const SPOOL_RECORDS: &str = "qproxy_spool_records";
+pub const STORE_UP: &str = "qproxy_store_up";
+
+pub const REPLAYS_TOTAL: &str = "qproxy_replays_total";
+pub const REPLAY_DURATION_SECONDS: &str = "qproxy_replay_duration_seconds";
+pub const REPLAY_LAG_SECONDS: &str = "qproxy_replay_lag_seconds";
+pub const SYNC_PULLS_TOTAL: &str = "qproxy_sync_pulls_total";
+pub const SYNC_ERRORS_TOTAL: &str = "qproxy_sync_errors_total";
+pub const SYNC_LAG_SECONDS: &str = "qproxy_sync_lag_seconds";
+pub const COMMITS_TOTAL: &str = "qproxy_commits_total";
+
+/// Seconds buckets good for P50/P90/P99 from 100 µs to 30 s.
+const SECONDS_BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0, 30.0,
+];
+const BYTES_BUCKETS: &[f64] = &[
+    64.0, 256.0, 1024.0, 4096.0, 16384.0, 65536.0, 262144.0, 1048576.0, 4194304.0, 16777216.0,
+    67108864.0,
+];
+
+static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// Installs the process-wide recorder once; later calls reuse it.
+pub fn handle() -> &'static PrometheusHandle {
+    HANDLE.get_or_init(|| {
+        let recorder = PrometheusBuilder::new()
+            .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), SECONDS_BUCKETS)
+            .and_then(|b| b.set_buckets_for_metric(Matcher::Suffix("_bytes".into()), BYTES_BUCKETS))
+            .expect("bucket lists are not empty")
+            .build_recorder();
+        let handle = recorder.handle();
+        // Another recorder may be installed already (an embedding program);
+        // then ours still renders what is recorded through it.
+        let _ = metrics::set_global_recorder(recorder);
+        handle
+    })
+}
+
+/// The Prometheus text page.
+pub fn render() -> String {
+    handle().render()
+}
+
+/// A method as a bounded label.
+pub fn method_label(method: &http::Method) -> &'static str {
+    match *method {
+        http::Method::GET => "GET",
+        http::Method::POST => "POST",
+        http::Method::PUT => "PUT",
+        http::Method::DELETE => "DELETE",
+        http::Method::PATCH => "PATCH",
+        http::Method::HEAD => "HEAD",
+        http::Method::OPTIONS => "OPTIONS",
+        http::Method::CONNECT => "CONNECT",
+        http::Method::TRACE => "TRACE",
+        _ => "OTHER",
+    }
+}
+
+/// `2xx`, `4xx`, … for a status.
+pub fn status_class(status: u16) -> &'static str {
+    match status {
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        _ => "5xx",
+    }
+}

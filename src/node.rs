@@ -1,0 +1,239 @@
+//! A whole node: the store, the recorder or the replayer, the proxy and API
+//! listeners, wired together and run until shutdown.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::api::{Api, ApiState, PlaybackApi};
+use crate::config::{Config, Mode};
+use crate::playback::{PlaybackStats, Replayer, SyncRunner};
+use crate::proxy::http::HttpProxy;
+use crate::record::recorder::Recorder;
+use crate::record::RecordId;
+use crate::server::serve;
+use crate::store::{self, Store, StoreError};
+use crate::sync::client::PeerClient;
+
+/// Open connections get this long to finish after a shutdown signal.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+/// How often retention trims the record streams.
+const RETENTION_EVERY: Duration = Duration::from_secs(60);
+
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error("cannot listen on {addr} ({what}): {source}")]
+    Bind {
+        what: &'static str,
+        addr: String,
+        source: std::io::Error,
+    },
+    #[error("cannot open the store: {0}")]
+    Store(#[from] StoreError),
+}
+
+/// A node started in this process.
+pub struct RunningNode {
+    pub mode: Mode,
+    /// The proxy listener's address, when there is one.
+    pub http_addr: Option<SocketAddr>,
+    pub api_addr: SocketAddr,
+    shutdown: CancellationToken,
+    task: JoinHandle<()>,
+}
+
+impl RunningNode {
+    /// Stops accepting, drains connections, flushes recordings.
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        let _ = self.task.await;
+    }
+
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    /// Waits until the node has stopped (after its token is cancelled).
+    pub async fn wait(self) {
+        let _ = self.task.await;
+    }
+}
+
+async fn bind(what: &'static str, host: &str, port: u16) -> Result<TcpListener, NodeError> {
+    let addr = format!("{host}:{port}");
+    TcpListener::bind(&addr)
+        .await
+        .map_err(|source| NodeError::Bind { what, addr, source })
+}
+
+/// Opens the store, binds the listeners and starts everything.
+pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
+    let store = store::open(&config)?;
+    warn_unbuilt(&config);
+    let http = match &config.http {
+        Some(h) if h.enabled => Some(bind("http proxy", &h.host, h.port).await?),
+        _ => None,
+    };
+    let api = bind("api", &config.api.host, config.api.port).await?;
+    let http_addr = http.as_ref().and_then(|l| l.local_addr().ok());
+    let api_addr = api.local_addr().expect("a bound listener has an address");
+    let shutdown = CancellationToken::new();
+    let mode = config.mode;
+    info!(%mode, http = ?http_addr, api = %api_addr, store = %store.describe(), "node starting");
+    let task = tokio::spawn(run(config, store, http, api, shutdown.clone()));
+    Ok(RunningNode {
+        mode,
+        http_addr,
+        api_addr,
+        shutdown,
+        task,
+    })
+}
+
+fn warn_unbuilt(config: &Config) {
+    if config.grpc.as_ref().is_some_and(|g| g.enabled) {
+        warn!("the grpc section is not served yet: this version proxies HTTP only");
+    }
+    if config.tcp.as_ref().is_some_and(|t| t.enabled) {
+        warn!("the tcp section is not served yet: this version proxies HTTP only");
+    }
+    if config.tls.is_some() {
+        warn!("the tls section is not used yet: the http listener speaks plain HTTP");
+    }
+    if config.service_discovery.is_some() {
+        debug!("service_discovery is parsed; replay targets are http.downstream for now");
+    }
+}
+
+async fn run(
+    config: Config,
+    store: Arc<dyn Store>,
+    http: Option<TcpListener>,
+    api: TcpListener,
+    shutdown: CancellationToken,
+) {
+    let mut tasks: Vec<JoinHandle<()>> = Vec::new();
+    let recording = config.mode == Mode::Record && config.record.enabled;
+    let (recorder, writer) = if recording {
+        let (recorder, writer) = Recorder::spawn(store.clone(), &config.record, config.sync.shards);
+        tasks.push(spawn_retention(store.clone(), &config, shutdown.clone()));
+        (Some(recorder), Some(writer))
+    } else {
+        (None, None)
+    };
+    let recorder_stats = recorder.as_ref().map(|r| r.stats().clone());
+
+    let mut playback = None;
+    if config.mode == Mode::Playback {
+        let stats = Arc::new(PlaybackStats::default());
+        let target = config.http.as_ref().map(|h| h.downstream.clone());
+        if let Some(target) = target {
+            let replayer = Arc::new(Replayer::new(
+                target,
+                Duration::from_millis(config.playback.timeout_ms),
+                config.record.max_body_bytes,
+            ));
+            let peer = config.sync.peer.as_ref().filter(|_| config.sync.enabled);
+            if let Some(peer) = peer {
+                let runner = Arc::new(SyncRunner {
+                    peer: PeerClient::new(peer),
+                    replayer: replayer.clone(),
+                    store: store.clone(),
+                    stats: stats.clone(),
+                    peer_id: config.sync.peer_id.clone(),
+                    shards: config.sync.shards,
+                    interval: config.sync.interval(),
+                    batch_size: config.sync.batch_size,
+                    results_kept: config.playback.results_retention_len,
+                });
+                tasks.extend(runner.spawn(shutdown.clone()));
+            }
+            playback = Some(PlaybackApi {
+                replayer,
+                stats,
+                peer_id: config.sync.peer_id.clone(),
+                peer_addr: peer.map(|p| format!("{}:{}", p.host, p.port)),
+                results_kept: config.playback.results_retention_len,
+            });
+        }
+    }
+
+    if let (Some(listener), Some(h)) = (http, &config.http) {
+        let proxy = HttpProxy::new(h.downstream.clone(), recorder.clone());
+        tasks.push(tokio::spawn(serve(
+            "http",
+            listener,
+            proxy,
+            shutdown.clone(),
+            SHUTDOWN_GRACE,
+            Some(count_http_connection),
+        )));
+    }
+    drop(recorder);
+
+    let api_state = ApiState {
+        mode: config.mode,
+        shards: config.sync.shards,
+        auth_token: config.api.auth_token.clone(),
+        store: store.clone(),
+        uses_redis: config.redis.is_some(),
+        recorder: recorder_stats,
+        playback,
+        started: Instant::now(),
+    };
+    tasks.push(tokio::spawn(serve(
+        "api",
+        api,
+        Api::new(api_state),
+        shutdown.clone(),
+        SHUTDOWN_GRACE,
+        None,
+    )));
+
+    for task in tasks {
+        let _ = task.await;
+    }
+    // Every recorder handle is gone with the proxy: the writer flushes and ends.
+    if let Some(writer) = writer {
+        let _ = writer.await;
+    }
+    info!("node stopped");
+}
+
+fn count_http_connection(delta: i64) {
+    metrics::gauge!(crate::metrics::HTTP_ACTIVE_CONNECTIONS, "protocol" => "http")
+        .increment(delta as f64);
+}
+
+fn spawn_retention(
+    store: Arc<dyn Store>,
+    config: &Config,
+    shutdown: CancellationToken,
+) -> JoinHandle<()> {
+    let shards = config.sync.shards;
+    let max_age_ms = config.record.retention_secs.saturating_mul(1000);
+    let max_len = (config.record.retention_len > 0).then_some(config.record.retention_len);
+    tokio::spawn(async move {
+        if max_age_ms == 0 && max_len.is_none() {
+            return;
+        }
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(RETENTION_EVERY) => {}
+                _ = shutdown.cancelled() => return,
+            }
+            let min_id = (max_age_ms > 0)
+                .then(|| RecordId::new(crate::clock::now_ms().saturating_sub(max_age_ms), 0));
+            for shard in 0..shards {
+                if let Err(e) = store.trim(shard, min_id, max_len).await {
+                    debug!(shard, error = %e, "retention trim failed; will retry");
+                }
+            }
+        }
+    })
+}

@@ -1,0 +1,313 @@
+//! The bounded queue between the proxy and the store, and its batch writer.
+//!
+//! [`Recorder::submit`] never waits: when the queue is full the exchange is
+//! dropped, counted and logged. The writer takes what has queued up (up to
+//! `record.batch_size`), encodes it and writes it in one store call. While
+//! the store is down, records wait in a bounded in-memory spool and the
+//! writer retries with backoff; past the spool's capacity the oldest are
+//! dropped, counted and logged.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use metrics::{counter, gauge, histogram};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tracing::{debug, info, warn};
+
+use super::capture::RawExchange;
+use super::shard::shard_of;
+use super::{header_value_to_string, Body, Exchange, HttpExchange, Record, RecordId};
+use crate::config::RecordConfig;
+use crate::metrics as m;
+use crate::proxy::headers::is_hop_by_hop;
+use crate::store::{NewRecord, Store};
+
+/// Counters shown by `/api/status` and `/health`.
+#[derive(Debug, Default)]
+pub struct RecorderStats {
+    pub submitted: AtomicU64,
+    pub written: AtomicU64,
+    pub dropped: AtomicU64,
+    pub spooled: AtomicU64,
+    pub write_errors: AtomicU64,
+    pub store_up: AtomicBool,
+    /// Set while the spool is full and records are being dropped.
+    pub overflowing: AtomicBool,
+}
+
+/// A cheap handle for submitting exchanges.
+#[derive(Clone)]
+pub struct Recorder {
+    tx: mpsc::Sender<RawExchange>,
+    stats: Arc<RecorderStats>,
+    max_body_bytes: usize,
+}
+
+/// What the writer was started with; see `RecordConfig` for the meanings.
+struct Writer {
+    store: Arc<dyn Store>,
+    rx: mpsc::Receiver<RawExchange>,
+    stats: Arc<RecorderStats>,
+    shards: u32,
+    shard_key_header: Option<http::HeaderName>,
+    batch_size: usize,
+    spool_capacity: usize,
+    spool: VecDeque<NewRecord>,
+}
+
+/// How long the writer keeps trying to flush after the last sender is gone.
+const FLUSH_GRACE: Duration = Duration::from_secs(5);
+
+impl Recorder {
+    /// Starts the batch writer; it stops once every `Recorder` clone is
+    /// dropped and what it holds is flushed (or `FLUSH_GRACE` has passed).
+    pub fn spawn(
+        store: Arc<dyn Store>,
+        config: &RecordConfig,
+        shards: u32,
+    ) -> (Recorder, JoinHandle<()>) {
+        let (tx, rx) = mpsc::channel(config.queue_capacity);
+        let stats = Arc::new(RecorderStats::default());
+        stats.store_up.store(true, Ordering::Relaxed);
+        let writer = Writer {
+            store,
+            rx,
+            stats: stats.clone(),
+            shards,
+            shard_key_header: config
+                .shard_key_header
+                .as_deref()
+                .and_then(|h| http::HeaderName::from_bytes(h.as_bytes()).ok()),
+            batch_size: config.batch_size,
+            spool_capacity: config.spool_capacity,
+            spool: VecDeque::new(),
+        };
+        let handle = tokio::spawn(writer.run());
+        (
+            Recorder {
+                tx,
+                stats,
+                max_body_bytes: config.max_body_bytes,
+            },
+            handle,
+        )
+    }
+
+    pub fn stats(&self) -> &Arc<RecorderStats> {
+        &self.stats
+    }
+
+    pub fn max_body_bytes(&self) -> usize {
+        self.max_body_bytes
+    }
+
+    /// Queues an exchange for recording without ever waiting.
+    pub fn submit(&self, exchange: RawExchange) {
+        self.stats.submitted.fetch_add(1, Ordering::Relaxed);
+        if let Err(e) = self.tx.try_send(exchange) {
+            let reason = match e {
+                mpsc::error::TrySendError::Full(_) => "queue full",
+                mpsc::error::TrySendError::Closed(_) => "recorder stopped",
+            };
+            note_drop(&self.stats, 1, reason);
+        }
+    }
+}
+
+fn note_drop(stats: &RecorderStats, n: u64, reason: &'static str) {
+    let before = stats.dropped.fetch_add(n, Ordering::Relaxed);
+    counter!(m::RECORDS_DROPPED_TOTAL, "reason" => reason).increment(n);
+    // The first drop, then one line per thousand: loud, but not a flood.
+    if before == 0 || before / 1000 != (before + n) / 1000 {
+        warn!(
+            dropped_total = before + n,
+            reason, "records dropped: recording cannot keep up"
+        );
+    }
+}
+
+impl Writer {
+    async fn run(mut self) {
+        let mut batch = Vec::with_capacity(self.batch_size);
+        let mut backoff = Duration::from_millis(50);
+        // Set after a failed write: no new attempt before then.
+        let mut retry_at: Option<Instant> = None;
+        let mut open = true;
+        let mut closed_at: Option<Instant> = None;
+        loop {
+            if open {
+                if self.spool.is_empty() {
+                    open = self.rx.recv_many(&mut batch, self.batch_size).await > 0;
+                } else if let Some(at) = retry_at {
+                    tokio::select! {
+                        n = self.rx.recv_many(&mut batch, self.batch_size) => open = n > 0,
+                        _ = tokio::time::sleep_until(at.into()) => {}
+                    }
+                } else {
+                    open = self.take_ready(&mut batch);
+                }
+                self.spool_batch(&mut batch);
+            } else {
+                let since = *closed_at.get_or_insert_with(Instant::now);
+                if self.spool.is_empty() {
+                    break;
+                }
+                if since.elapsed() > FLUSH_GRACE {
+                    let left = self.spool.len() as u64;
+                    self.spool.clear();
+                    self.note_spool();
+                    note_drop(&self.stats, left, "shutdown with store unreachable");
+                    break;
+                }
+                if let Some(at) = retry_at {
+                    tokio::time::sleep_until(at.into()).await;
+                }
+            }
+            if retry_at.is_some_and(|at| Instant::now() < at) {
+                continue;
+            }
+            if self.flush().await {
+                retry_at = None;
+                backoff = Duration::from_millis(50);
+            } else {
+                retry_at = Some(Instant::now() + backoff);
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+            }
+        }
+        debug!("record writer stopped");
+    }
+
+    /// Takes what is queued without waiting; false once every sender is gone.
+    fn take_ready(&mut self, batch: &mut Vec<RawExchange>) -> bool {
+        while batch.len() < self.batch_size {
+            match self.rx.try_recv() {
+                Ok(ex) => batch.push(ex),
+                Err(mpsc::error::TryRecvError::Empty) => return true,
+                Err(mpsc::error::TryRecvError::Disconnected) => return false,
+            }
+        }
+        true
+    }
+
+    /// Encodes exchanges into the spool, dropping the oldest past capacity.
+    fn spool_batch(&mut self, batch: &mut Vec<RawExchange>) {
+        for raw in batch.drain(..) {
+            let record = self.to_record(raw);
+            counter!(m::RECORD_BYTES_TOTAL).increment(record_body_bytes(&record) as u64);
+            self.spool.push_back(NewRecord::encode(&record));
+        }
+        let excess = self.spool.len().saturating_sub(self.spool_capacity);
+        if excess > 0 {
+            self.spool.drain(..excess);
+            self.stats.overflowing.store(true, Ordering::Relaxed);
+            note_drop(&self.stats, excess as u64, "spool full");
+        }
+        self.note_spool();
+    }
+
+    fn note_spool(&self) {
+        self.stats
+            .spooled
+            .store(self.spool.len() as u64, Ordering::Relaxed);
+        gauge!(m::SPOOL_RECORDS).set(self.spool.len() as f64);
+    }
+
+    /// Writes the front of the spool; false when the store failed.
+    async fn flush(&mut self) -> bool {
+        while !self.spool.is_empty() {
+            let n = self.spool.len().min(self.batch_size);
+            let started = Instant::now();
+            let (front, _) = self.spool.as_slices();
+            let result = if front.len() >= n {
+                self.store.append(&front[..n]).await
+            } else {
+                let chunk: Vec<NewRecord> = self.spool.iter().take(n).cloned().collect();
+                self.store.append(&chunk).await
+            };
+            match result {
+                Ok(ids) => {
+                    histogram!(m::RECORD_BATCH_SECONDS).record(started.elapsed().as_secs_f64());
+                    self.spool.drain(..n);
+                    self.stats.written.fetch_add(n as u64, Ordering::Relaxed);
+                    counter!(m::RECORDS_TOTAL, "protocol" => "http").increment(n as u64);
+                    if !self.stats.store_up.swap(true, Ordering::Relaxed) {
+                        info!(store = %self.store.describe(), spooled = self.spool.len(), "store is back; writing spooled records");
+                        gauge!(m::STORE_UP).set(1.0);
+                    }
+                    if self.spool.len() < self.spool_capacity {
+                        self.stats.overflowing.store(false, Ordering::Relaxed);
+                    }
+                    debug!(records = n, last = ?ids.last().map(RecordId::to_string), "batch written");
+                }
+                Err(e) => {
+                    self.stats.write_errors.fetch_add(1, Ordering::Relaxed);
+                    counter!(m::RECORD_WRITE_ERRORS_TOTAL).increment(1);
+                    if self.stats.store_up.swap(false, Ordering::Relaxed) {
+                        warn!(error = %e, spooled = self.spool.len(), "cannot write records; spooling until the store is back");
+                        gauge!(m::STORE_UP).set(0.0);
+                    }
+                    self.note_spool();
+                    return false;
+                }
+            }
+        }
+        self.note_spool();
+        true
+    }
+
+    fn to_record(&self, raw: RawExchange) -> Record {
+        let shard_key = self
+            .shard_key_header
+            .as_ref()
+            .and_then(|h| raw.request_headers.get(h))
+            .map(|v| v.as_bytes().to_vec())
+            .unwrap_or_else(|| raw.client_addr.ip().to_string().into_bytes());
+        let shard = shard_of(&shard_key, self.shards);
+        Record {
+            id: None,
+            shard,
+            captured_at_ms: raw.captured_at_ms,
+            duration_us: raw.duration.as_micros() as u64,
+            client_addr: raw.client_addr.to_string(),
+            error: raw.error,
+            exchange: Exchange::Http(HttpExchange {
+                method: raw.method.to_string(),
+                uri: raw
+                    .uri
+                    .path_and_query()
+                    .map_or_else(|| "/".to_string(), |pq| pq.as_str().to_string()),
+                version: format!("{:?}", raw.version),
+                request_headers: headers_to_vec(&raw.request_headers),
+                request_body_truncated: raw.request_body.truncated,
+                request_body: Body(raw.request_body.concat()),
+                status: raw.status.map(|s| s.as_u16()),
+                response_headers: headers_to_vec(&raw.response_headers),
+                response_body_truncated: raw.response_body.truncated,
+                response_body: Body(raw.response_body.concat()),
+            }),
+        }
+    }
+}
+
+fn record_body_bytes(record: &Record) -> usize {
+    match &record.exchange {
+        Exchange::Http(h) => h.request_body.len() + h.response_body.len(),
+    }
+}
+
+/// Headers in order, less hop-by-hop ones.
+pub fn headers_to_vec(headers: &http::HeaderMap) -> Vec<super::Header> {
+    headers
+        .iter()
+        .filter(|(name, _)| !is_hop_by_hop(name))
+        .map(|(name, value)| {
+            (
+                name.as_str().to_string(),
+                header_value_to_string(value.as_bytes()),
+            )
+        })
+        .collect()
+}

@@ -1,0 +1,148 @@
+//! Where records, checkpoints and replay results live.
+//!
+//! One trait, [`Store`], and two implementations: Redis Streams
+//! ([`RedisStore`]) and a durable embedded store on local disk
+//! ([`EmbeddedStore`], redb). The integration tests run one conformance
+//! suite against both.
+
+mod embedded;
+mod redis;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+
+use crate::config::Config;
+use crate::playback::ReplayResult;
+use crate::record::{Record, RecordId};
+use crate::sync::Checkpoint;
+
+pub use self::embedded::EmbeddedStore;
+pub use self::redis::RedisStore;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("redis: {0}")]
+    Redis(#[from] ::redis::RedisError),
+    #[error("embedded store {path}: {message}")]
+    Embedded { path: String, message: String },
+    #[error("record {id} on shard {shard} cannot be decoded: {message}")]
+    Corrupt {
+        shard: u32,
+        id: RecordId,
+        message: String,
+    },
+}
+
+/// A record ready to be written: its shard and its encoded pieces.
+#[derive(Debug, Clone)]
+pub struct NewRecord {
+    pub shard: u32,
+    pub pieces: Vec<Bytes>,
+}
+
+impl NewRecord {
+    pub fn encode(record: &Record) -> NewRecord {
+        NewRecord {
+            shard: record.shard,
+            pieces: record.encode_pieces(),
+        }
+    }
+
+    pub fn size(&self) -> usize {
+        self.pieces.iter().map(Bytes::len).sum()
+    }
+}
+
+/// A record as read back, still encoded.
+#[derive(Debug, Clone)]
+pub struct StoredRecord {
+    pub shard: u32,
+    pub id: RecordId,
+    pub pieces: Vec<Bytes>,
+}
+
+impl StoredRecord {
+    pub fn decode(&self) -> Result<Record, StoreError> {
+        Record::decode_pieces(self.id, &self.pieces).map_err(|e| StoreError::Corrupt {
+            shard: self.shard,
+            id: self.id,
+            message: e.to_string(),
+        })
+    }
+}
+
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Names the backend for status pages and logs (never a password).
+    fn describe(&self) -> String;
+
+    async fn ping(&self) -> Result<(), StoreError>;
+
+    /// Writes a batch; returns the assigned ids in the same order. Records
+    /// of one shard are written all or none.
+    async fn append(&self, records: &[NewRecord]) -> Result<Vec<RecordId>, StoreError>;
+
+    /// Records of `shard` with `from <= id <= to`, oldest first, at most `limit`.
+    async fn read(
+        &self,
+        shard: u32,
+        from: RecordId,
+        to: RecordId,
+        limit: usize,
+    ) -> Result<Vec<StoredRecord>, StoreError>;
+
+    async fn len(&self, shard: u32) -> Result<u64, StoreError>;
+
+    async fn last_id(&self, shard: u32) -> Result<Option<RecordId>, StoreError>;
+
+    /// Drops records older than `min_id` and beyond the newest `max_len`.
+    async fn trim(
+        &self,
+        shard: u32,
+        min_id: Option<RecordId>,
+        max_len: Option<u64>,
+    ) -> Result<(), StoreError>;
+
+    async fn checkpoint(&self, peer: &str, shard: u32) -> Result<Option<Checkpoint>, StoreError>;
+
+    /// Every peer's checkpoint on shards `0..shards`.
+    async fn checkpoints(&self, shards: u32) -> Result<Vec<Checkpoint>, StoreError>;
+
+    /// Stores a commit without ever moving a checkpoint backwards
+    /// ([`Checkpoint::merge`]); returns what is stored afterwards.
+    async fn commit(&self, checkpoint: Checkpoint) -> Result<Checkpoint, StoreError>;
+
+    /// Playback side: keeps `results` (at most `keep` per shard) and, in the
+    /// same write, marks `upto` as replayed by `peer`.
+    async fn save_replays(
+        &self,
+        peer: &str,
+        shard: u32,
+        results: &[ReplayResult],
+        upto: Option<RecordId>,
+        keep: u64,
+    ) -> Result<(), StoreError>;
+
+    async fn replayed_upto(&self, peer: &str, shard: u32) -> Result<Option<RecordId>, StoreError>;
+
+    /// Replay results of `shard`, newest first, at most `limit`.
+    async fn replays(&self, shard: u32, limit: usize) -> Result<Vec<ReplayResult>, StoreError>;
+}
+
+/// The store a config asks for: Redis when `redis` is set, else embedded.
+pub fn open(config: &Config) -> Result<Arc<dyn Store>, StoreError> {
+    match &config.redis {
+        Some(redis) => Ok(Arc::new(RedisStore::new(redis)?)),
+        None => Ok(Arc::new(EmbeddedStore::open(&config.data_dir)?)),
+    }
+}
+
+fn encode_result(result: &ReplayResult) -> Vec<u8> {
+    rmp_serde::to_vec_named(result).expect("replay results always encode")
+}
+
+fn decode_result(bytes: &[u8]) -> Option<ReplayResult> {
+    rmp_serde::from_slice(bytes).ok()
+}

@@ -1,0 +1,360 @@
+//! Redis Streams: one stream per shard, keys ready for Redis Cluster.
+//!
+//! Every key of a shard carries the hash tag `{s<N>}`, so one shard's
+//! records, checkpoints and replay results sit in one slot and a shard's
+//! writes can be one `MULTI`. A record is one stream entry whose fields
+//! `"0"`, `"1"`, … are its MessagePack pieces of at most 1 MiB.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{Script, Value};
+
+use super::{decode_result, encode_result, NewRecord, StoreError, StoredRecord};
+use crate::config::RedisConfig;
+use crate::playback::ReplayResult;
+use crate::record::RecordId;
+use crate::sync::Checkpoint;
+
+pub struct RedisStore {
+    pool: Vec<ConnectionManager>,
+    next: AtomicUsize,
+    prefix: String,
+    described: String,
+    commit_script: Script,
+}
+
+/// Moves a checkpoint only forwards; returns the stored JSON.
+const COMMIT_LUA: &str = r#"
+local cur = redis.call('HGET', KEYS[1], ARGV[1])
+if cur then
+  local ms, seq = string.match(cjson.decode(cur)['last_record_id'], '^(%d+)-(%d+)$')
+  local cms, cseq, nms, nseq = tonumber(ms), tonumber(seq), tonumber(ARGV[2]), tonumber(ARGV[3])
+  if cms > nms or (cms == nms and cseq > nseq) then
+    return cur
+  end
+end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[4])
+return ARGV[4]
+"#;
+
+impl RedisStore {
+    /// Builds the pool without connecting: a node starts while Redis is down
+    /// and connects when it comes.
+    pub fn new(config: &RedisConfig) -> Result<RedisStore, StoreError> {
+        let client = redis::Client::open(config.url.as_str())?;
+        let timeout = Duration::from_secs(config.connection_timeout.max(1));
+        let manager_config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(timeout))
+            .set_response_timeout(Some(timeout))
+            .set_number_of_retries(config.retry_count)
+            .set_max_delay(Duration::from_secs(2));
+        let pool = (0..config.pool_size.max(1))
+            .map(|_| {
+                ConnectionManager::new_lazy_with_config(client.clone(), manager_config.clone())
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let info = client.get_connection_info();
+        Ok(RedisStore {
+            pool,
+            next: AtomicUsize::new(0),
+            prefix: config.key_prefix.clone(),
+            described: format!("redis {}", info.addr()),
+            commit_script: Script::new(COMMIT_LUA),
+        })
+    }
+
+    fn conn(&self) -> ConnectionManager {
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.pool.len();
+        self.pool[i].clone()
+    }
+
+    fn key(&self, shard: u32, what: &str) -> String {
+        format!("{}:{{s{}}}:{}", self.prefix, shard, what)
+    }
+}
+
+fn parse_id(shard: u32, id: &str) -> Result<RecordId, StoreError> {
+    id.parse()
+        .map_err(|e: crate::record::BadRecordId| StoreError::Corrupt {
+            shard,
+            id: RecordId::ZERO,
+            message: e.to_string(),
+        })
+}
+
+/// Parses an `XRANGE`/`XREVRANGE` reply into (id, fields in order).
+fn parse_entries(shard: u32, reply: Value) -> Result<Vec<(RecordId, Vec<Bytes>)>, StoreError> {
+    let corrupt = |message: &str| StoreError::Corrupt {
+        shard,
+        id: RecordId::ZERO,
+        message: message.to_string(),
+    };
+    let Value::Array(entries) = reply else {
+        return Err(corrupt("XRANGE did not answer an array"));
+    };
+    let mut out = Vec::with_capacity(entries.len());
+    for entry in entries {
+        let Value::Array(mut pair) = entry else {
+            return Err(corrupt("stream entry is not an array"));
+        };
+        if pair.len() != 2 {
+            return Err(corrupt("stream entry is not [id, fields]"));
+        }
+        let fields = pair.pop().expect("two items");
+        let id = match pair.pop().expect("two items") {
+            Value::BulkString(b) => parse_id(shard, &String::from_utf8_lossy(&b))?,
+            Value::SimpleString(s) => parse_id(shard, &s)?,
+            _ => return Err(corrupt("stream id is not a string")),
+        };
+        let Value::Array(fields) = fields else {
+            return Err(corrupt("stream fields are not an array"));
+        };
+        let mut pieces: Vec<(usize, Bytes)> = Vec::with_capacity(fields.len() / 2);
+        let mut it = fields.into_iter();
+        while let (Some(name), Some(value)) = (it.next(), it.next()) {
+            let index = match name {
+                Value::BulkString(b) => std::str::from_utf8(&b).ok().and_then(|s| s.parse().ok()),
+                _ => None,
+            };
+            let (Some(index), Value::BulkString(value)) = (index, value) else {
+                return Err(StoreError::Corrupt {
+                    shard,
+                    id,
+                    message: "stream field is not a piece".into(),
+                });
+            };
+            pieces.push((index, Bytes::from(value)));
+        }
+        pieces.sort_by_key(|(i, _)| *i);
+        out.push((id, pieces.into_iter().map(|(_, p)| p).collect()));
+    }
+    Ok(out)
+}
+
+#[async_trait]
+impl super::Store for RedisStore {
+    fn describe(&self) -> String {
+        self.described.clone()
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        let _: String = redis::cmd("PING").query_async(&mut self.conn()).await?;
+        Ok(())
+    }
+
+    async fn append(&self, records: &[NewRecord]) -> Result<Vec<RecordId>, StoreError> {
+        let mut ids = vec![RecordId::ZERO; records.len()];
+        let mut shards: Vec<u32> = records.iter().map(|r| r.shard).collect();
+        shards.sort_unstable();
+        shards.dedup();
+        for shard in shards {
+            let key = self.key(shard, "records");
+            let mut pipe = redis::pipe();
+            pipe.atomic();
+            let positions: Vec<usize> = (0..records.len())
+                .filter(|&i| records[i].shard == shard)
+                .collect();
+            for &i in &positions {
+                let cmd = pipe.cmd("XADD").arg(&key).arg("*");
+                for (n, piece) in records[i].pieces.iter().enumerate() {
+                    cmd.arg(n).arg(piece.as_ref());
+                }
+            }
+            let assigned: Vec<String> = pipe.query_async(&mut self.conn()).await?;
+            for (&i, id) in positions.iter().zip(assigned) {
+                ids[i] = parse_id(shard, &id)?;
+            }
+        }
+        Ok(ids)
+    }
+
+    async fn read(
+        &self,
+        shard: u32,
+        from: RecordId,
+        to: RecordId,
+        limit: usize,
+    ) -> Result<Vec<StoredRecord>, StoreError> {
+        if from > to || limit == 0 {
+            return Ok(Vec::new());
+        }
+        let reply: Value = redis::cmd("XRANGE")
+            .arg(self.key(shard, "records"))
+            .arg(from.to_string())
+            .arg(if to == RecordId::MAX {
+                "+".to_string()
+            } else {
+                to.to_string()
+            })
+            .arg("COUNT")
+            .arg(limit)
+            .query_async(&mut self.conn())
+            .await?;
+        Ok(parse_entries(shard, reply)?
+            .into_iter()
+            .map(|(id, pieces)| StoredRecord { shard, id, pieces })
+            .collect())
+    }
+
+    async fn len(&self, shard: u32) -> Result<u64, StoreError> {
+        let n: u64 = redis::cmd("XLEN")
+            .arg(self.key(shard, "records"))
+            .query_async(&mut self.conn())
+            .await?;
+        Ok(n)
+    }
+
+    async fn last_id(&self, shard: u32) -> Result<Option<RecordId>, StoreError> {
+        let reply: Value = redis::cmd("XREVRANGE")
+            .arg(self.key(shard, "records"))
+            .arg("+")
+            .arg("-")
+            .arg("COUNT")
+            .arg(1)
+            .query_async(&mut self.conn())
+            .await?;
+        Ok(parse_entries(shard, reply)?.first().map(|(id, _)| *id))
+    }
+
+    async fn trim(
+        &self,
+        shard: u32,
+        min_id: Option<RecordId>,
+        max_len: Option<u64>,
+    ) -> Result<(), StoreError> {
+        let key = self.key(shard, "records");
+        let mut pipe = redis::pipe();
+        if let Some(min_id) = min_id {
+            pipe.cmd("XTRIM")
+                .arg(&key)
+                .arg("MINID")
+                .arg("~")
+                .arg(min_id.to_string())
+                .ignore();
+        }
+        if let Some(max_len) = max_len {
+            pipe.cmd("XTRIM")
+                .arg(&key)
+                .arg("MAXLEN")
+                .arg("~")
+                .arg(max_len)
+                .ignore();
+        }
+        let () = pipe.query_async(&mut self.conn()).await?;
+        Ok(())
+    }
+
+    async fn checkpoint(&self, peer: &str, shard: u32) -> Result<Option<Checkpoint>, StoreError> {
+        let raw: Option<String> = redis::cmd("HGET")
+            .arg(self.key(shard, "checkpoints"))
+            .arg(peer)
+            .query_async(&mut self.conn())
+            .await?;
+        Ok(raw.and_then(|s| serde_json::from_str(&s).ok()))
+    }
+
+    async fn checkpoints(&self, shards: u32) -> Result<Vec<Checkpoint>, StoreError> {
+        let mut pipe = redis::pipe();
+        for shard in 0..shards {
+            pipe.cmd("HVALS").arg(self.key(shard, "checkpoints"));
+        }
+        let all: Vec<Vec<String>> = pipe.query_async(&mut self.conn()).await?;
+        Ok(all
+            .into_iter()
+            .flatten()
+            .filter_map(|s| serde_json::from_str(&s).ok())
+            .collect())
+    }
+
+    async fn commit(&self, checkpoint: Checkpoint) -> Result<Checkpoint, StoreError> {
+        let json = serde_json::to_string(&checkpoint).expect("checkpoints always encode");
+        let stored: String = self
+            .commit_script
+            .key(self.key(checkpoint.shard, "checkpoints"))
+            .arg(&checkpoint.peer_id)
+            .arg(checkpoint.last_record_id.ms)
+            .arg(checkpoint.last_record_id.seq)
+            .arg(json)
+            .invoke_async(&mut self.conn())
+            .await?;
+        Ok(serde_json::from_str(&stored).unwrap_or(checkpoint))
+    }
+
+    async fn save_replays(
+        &self,
+        peer: &str,
+        shard: u32,
+        results: &[ReplayResult],
+        upto: Option<RecordId>,
+        keep: u64,
+    ) -> Result<(), StoreError> {
+        let key = self.key(shard, "replays");
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        for result in results {
+            pipe.cmd("XADD")
+                .arg(&key)
+                .arg("MAXLEN")
+                .arg("~")
+                .arg(keep.max(1))
+                .arg("*")
+                .arg("r")
+                .arg(encode_result(result))
+                .ignore();
+        }
+        if let Some(upto) = upto {
+            pipe.cmd("HSET")
+                .arg(self.key(shard, "replayed"))
+                .arg(peer)
+                .arg(upto.to_string())
+                .ignore();
+        }
+        let () = pipe.query_async(&mut self.conn()).await?;
+        Ok(())
+    }
+
+    async fn replayed_upto(&self, peer: &str, shard: u32) -> Result<Option<RecordId>, StoreError> {
+        let raw: Option<String> = redis::cmd("HGET")
+            .arg(self.key(shard, "replayed"))
+            .arg(peer)
+            .query_async(&mut self.conn())
+            .await?;
+        raw.map(|s| parse_id(shard, &s)).transpose()
+    }
+
+    async fn replays(&self, shard: u32, limit: usize) -> Result<Vec<ReplayResult>, StoreError> {
+        let reply: Value = redis::cmd("XREVRANGE")
+            .arg(self.key(shard, "replays"))
+            .arg("+")
+            .arg("-")
+            .arg("COUNT")
+            .arg(limit)
+            .query_async(&mut self.conn())
+            .await?;
+        Ok(parse_replays(reply))
+    }
+}
+
+fn parse_replays(reply: Value) -> Vec<ReplayResult> {
+    let Value::Array(entries) = reply else {
+        return Vec::new();
+    };
+    entries
+        .into_iter()
+        .filter_map(|entry| match entry {
+            Value::Array(mut pair) if pair.len() == 2 => match pair.pop() {
+                Some(Value::Array(fields)) => fields.into_iter().nth(1),
+                _ => None,
+            },
+            _ => None,
+        })
+        .filter_map(|value| match value {
+            Value::BulkString(b) => decode_result(&b),
+            _ => None,
+        })
+        .collect()
+}

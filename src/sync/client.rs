@@ -1,0 +1,129 @@
+//! The Playback node's side of the HTTP sync link: `GET /sync` and
+//! `POST /commit` against the Record node's API listener.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{header, Method, Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+
+use super::{Checkpoint, CommitRequest, SyncBatch};
+use crate::config::PeerConfig;
+use crate::record::RecordId;
+
+#[derive(Debug, thiserror::Error)]
+pub enum PeerError {
+    #[error("peer {addr}: {reason}")]
+    Unreachable { addr: String, reason: String },
+    #[error("peer {addr}: no answer within {0:?}", .timeout)]
+    Timeout { addr: String, timeout: Duration },
+    #[error("peer {addr} answered {status}: {body}")]
+    Status {
+        addr: String,
+        status: StatusCode,
+        body: String,
+    },
+    #[error("peer {addr}: cannot decode the answer: {reason}")]
+    Decode { addr: String, reason: String },
+}
+
+pub struct PeerClient {
+    client: Client<HttpConnector, Full<Bytes>>,
+    addr: String,
+    auth: Option<String>,
+    timeout: Duration,
+}
+
+impl PeerClient {
+    pub fn new(peer: &PeerConfig) -> PeerClient {
+        PeerClient {
+            client: crate::proxy::pooled_client(),
+            addr: format!("{}:{}", peer.host, peer.port),
+            auth: peer.auth_token.as_ref().map(|t| format!("Bearer {t}")),
+            timeout: Duration::from_millis(peer.timeout_ms.max(1)),
+        }
+    }
+
+    pub fn addr(&self) -> &str {
+        &self.addr
+    }
+
+    /// Records of `shard` after `after` (or, without it, after `peer_id`'s
+    /// committed checkpoint), as MessagePack.
+    pub async fn pull(
+        &self,
+        peer_id: &str,
+        shard: u32,
+        limit: usize,
+        after: Option<RecordId>,
+    ) -> Result<SyncBatch, PeerError> {
+        let mut path = format!("/sync?peer_id={peer_id}&shard_id={shard}&limit={limit}");
+        if let Some(after) = after {
+            path.push_str(&format!("&after={after}"));
+        }
+        let body = self.call(Method::GET, &path, Bytes::new()).await?;
+        rmp_serde::from_slice(&body).map_err(|e| PeerError::Decode {
+            addr: self.addr.clone(),
+            reason: e.to_string(),
+        })
+    }
+
+    pub async fn commit(&self, commit: &CommitRequest) -> Result<Checkpoint, PeerError> {
+        let json = serde_json::to_vec(commit).expect("commits always encode");
+        let body = self
+            .call(Method::POST, "/commit", Bytes::from(json))
+            .await?;
+        serde_json::from_slice(&body).map_err(|e| PeerError::Decode {
+            addr: self.addr.clone(),
+            reason: e.to_string(),
+        })
+    }
+
+    async fn call(&self, method: Method, path: &str, body: Bytes) -> Result<Bytes, PeerError> {
+        let mut req = Request::builder()
+            .method(method)
+            .uri(format!("http://{}{}", self.addr, path))
+            .header(header::ACCEPT, "application/msgpack")
+            .header(header::CONTENT_TYPE, "application/json");
+        if let Some(auth) = &self.auth {
+            req = req.header(header::AUTHORIZATION, auth);
+        }
+        let req = req.body(Full::new(body)).expect("request parts are valid");
+        let exchange = async {
+            let response = self
+                .client
+                .request(req)
+                .await
+                .map_err(|e| PeerError::Unreachable {
+                    addr: self.addr.clone(),
+                    reason: crate::proxy::root_cause(&e),
+                })?;
+            let status = response.status();
+            let body = response
+                .into_body()
+                .collect()
+                .await
+                .map_err(|e| PeerError::Unreachable {
+                    addr: self.addr.clone(),
+                    reason: e.to_string(),
+                })?
+                .to_bytes();
+            if !status.is_success() {
+                return Err(PeerError::Status {
+                    addr: self.addr.clone(),
+                    status,
+                    body: String::from_utf8_lossy(&body[..body.len().min(512)]).into_owned(),
+                });
+            }
+            Ok(body)
+        };
+        tokio::time::timeout(self.timeout, exchange)
+            .await
+            .map_err(|_| PeerError::Timeout {
+                addr: self.addr.clone(),
+                timeout: self.timeout,
+            })?
+    }
+}
