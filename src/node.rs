@@ -73,6 +73,7 @@ async fn bind(what: &'static str, host: &str, port: u16) -> Result<TcpListener, 
 
 /// Opens the store, binds the listeners and starts everything.
 pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
+    crate::metrics::handle();
     let store = store::open(&config)?;
     warn_unbuilt(&config);
     let http = match &config.http {

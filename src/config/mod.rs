@@ -657,7 +657,7 @@ fn explain(err: &serde_json::Error, text: &str) -> String {
     };
     if let Some(word) = bare_word_at(text, err.line(), err.column()) {
         return format!(
-            "{message}: `{word}` is not a JSON value (use null, true, false, a number, \"a string\", {{…}} or […])"
+            "`{word}` is not a JSON value (use null, true, false, a number, \"a string\", {{…}} or […])"
         );
     }
     if message.starts_with("expected `,` or `}`") || message.starts_with("expected `,` or `]`") {

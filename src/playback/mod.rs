@@ -7,6 +7,6 @@ mod result;
 mod runner;
 
 pub use compare::compare_http;
-pub use replay::{Replayer, REPLAY_ID_HEADER};
+pub use replay::{Replayer, REPLAY_ID_HEADER, REPLAY_SHARD_HEADER};
 pub use result::{Outcome, ReplayResult};
 pub use runner::{PlaybackStats, SyncRunner};

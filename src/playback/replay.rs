@@ -18,8 +18,11 @@ use crate::proxy::http::target_uri;
 use crate::record::{header_value_to_bytes, Exchange, HttpExchange, Record, RecordId};
 
 /// Every replayed request carries this, so a target can tell replays apart
-/// and drop duplicates.
+/// and drop duplicates. Ids are unique within a shard, so a target that
+/// drops duplicates keys on this and [`REPLAY_SHARD_HEADER`] together.
 pub const REPLAY_ID_HEADER: &str = "x-qproxy-replay-id";
+/// The shard of the replayed record.
+pub const REPLAY_SHARD_HEADER: &str = "x-qproxy-replay-shard";
 
 pub struct Replayer {
     client: Client<HttpConnector, Full<Bytes>>,
@@ -44,7 +47,7 @@ impl Replayer {
         let Exchange::Http(http) = &record.exchange;
         let (outcome, detail, replayed_status) = match skip_reason(record, http) {
             Some(reason) => (Outcome::Skipped, Some(reason), None),
-            None => match self.replay_http(id, http).await {
+            None => match self.replay_http(record.shard, id, http).await {
                 Ok((status, body)) => {
                     let recorded = http.status.unwrap_or(0);
                     let (outcome, diff) =
@@ -74,8 +77,13 @@ impl Replayer {
         }
     }
 
-    async fn replay_http(&self, id: RecordId, http: &HttpExchange) -> Result<(u16, Bytes), String> {
-        let request = self.build_request(id, http)?;
+    async fn replay_http(
+        &self,
+        shard: u32,
+        id: RecordId,
+        http: &HttpExchange,
+    ) -> Result<(u16, Bytes), String> {
+        let request = self.build_request(shard, id, http)?;
         let exchange = async {
             let response = self.client.request(request).await.map_err(|e| {
                 format!(
@@ -105,6 +113,7 @@ impl Replayer {
 
     fn build_request(
         &self,
+        shard: u32,
         id: RecordId,
         http: &HttpExchange,
     ) -> Result<Request<Full<Bytes>>, String> {
@@ -120,7 +129,7 @@ impl Replayer {
         for (name, value) in &http.request_headers {
             let name = HeaderName::from_bytes(name.as_bytes())
                 .map_err(|_| format!("recorded header name `{name}` is not valid"))?;
-            if is_hop_by_hop(&name) || name == REPLAY_ID_HEADER {
+            if is_hop_by_hop(&name) || name == REPLAY_ID_HEADER || name == REPLAY_SHARD_HEADER {
                 continue;
             }
             let value = header_value_to_bytes(value)
@@ -131,6 +140,10 @@ impl Replayer {
         headers.insert(
             HeaderName::from_static(REPLAY_ID_HEADER),
             HeaderValue::from_str(&id.to_string()).expect("ids are ASCII"),
+        );
+        headers.insert(
+            HeaderName::from_static(REPLAY_SHARD_HEADER),
+            HeaderValue::from(shard),
         );
         request
             .body(Full::new(http.request_body.0.clone()))

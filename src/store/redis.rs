@@ -27,6 +27,10 @@ pub struct RedisStore {
     commit_script: Script,
 }
 
+/// How long a command may take once sent. Generous: a write that times out
+/// may still have happened, and writing it again would duplicate records.
+const RESPONSE_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Moves a checkpoint only forwards; returns the stored JSON.
 const COMMIT_LUA: &str = r#"
 local cur = redis.call('HGET', KEYS[1], ARGV[1])
@@ -46,10 +50,10 @@ impl RedisStore {
     /// and connects when it comes.
     pub fn new(config: &RedisConfig) -> Result<RedisStore, StoreError> {
         let client = redis::Client::open(config.url.as_str())?;
-        let timeout = Duration::from_secs(config.connection_timeout.max(1));
+        let connect_timeout = Duration::from_secs(config.connection_timeout.max(1));
         let manager_config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(timeout))
-            .set_response_timeout(Some(timeout))
+            .set_connection_timeout(Some(connect_timeout))
+            .set_response_timeout(Some(RESPONSE_TIMEOUT))
             .set_number_of_retries(config.retry_count)
             .set_max_delay(Duration::from_secs(2));
         let pool = (0..config.pool_size.max(1))
@@ -232,7 +236,6 @@ impl super::Store for RedisStore {
             pipe.cmd("XTRIM")
                 .arg(&key)
                 .arg("MINID")
-                .arg("~")
                 .arg(min_id.to_string())
                 .ignore();
         }
@@ -240,7 +243,6 @@ impl super::Store for RedisStore {
             pipe.cmd("XTRIM")
                 .arg(&key)
                 .arg("MAXLEN")
-                .arg("~")
                 .arg(max_len)
                 .ignore();
         }
@@ -299,7 +301,6 @@ impl super::Store for RedisStore {
             pipe.cmd("XADD")
                 .arg(&key)
                 .arg("MAXLEN")
-                .arg("~")
                 .arg(keep.max(1))
                 .arg("*")
                 .arg("r")

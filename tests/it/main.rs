@@ -1,1 +1,11 @@
+//! The integration tests: one binary, one module per area. Test names start
+//! with their module's name, so `cargo test record_test` (or `proxy_test`,
+//! `playback_test`, `store_test`, `config_test`) selects one area.
 
+mod support;
+
+mod config_test;
+mod playback_test;
+mod proxy_test;
+mod record_test;
+mod store_test;

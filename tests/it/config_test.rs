@@ -1,0 +1,162 @@
+//! The configuration files and the command line, as an operator meets them.
+
+use std::path::Path;
+use std::process::Command;
+
+use qproxy::config::{Config, Mode};
+
+fn qproxy(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_qproxy"))
+        .args(args)
+        .env_remove("CONFIG_PATH")
+        .output()
+        .expect("qproxy runs")
+}
+
+fn repo(path: &str) -> String {
+    format!("{}/{path}", env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The first ```json block after `heading` in the original README (a copy
+/// of which is kept in tests/data).
+fn original_example(heading: &str) -> String {
+    let seed = std::fs::read_to_string(repo("tests/data/original-readme.txt"))
+        .expect("the original README");
+    let start = seed.find(heading).expect("heading");
+    let block = &seed[start..];
+    let open = block.find("```json\n").expect("json block") + 8;
+    let close = block[open..].find("```").expect("block end");
+    block[open..open + close].to_string()
+}
+
+#[test]
+fn the_shipped_configs_load() {
+    for (file, mode) in [
+        ("config/record.json", Mode::Record),
+        ("config/playback.json", Mode::Playback),
+        ("config/example-record.json", Mode::Record),
+        ("config/example-playback.json", Mode::Playback),
+    ] {
+        let config = Config::load(Path::new(&repo(file))).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(config.mode, mode, "{file}");
+    }
+    let playback = Config::load(Path::new(&repo("config/playback.json"))).unwrap();
+    let record = Config::load(Path::new(&repo("config/record.json"))).unwrap();
+    let peer = playback.sync.peer.unwrap();
+    assert_eq!(
+        (peer.host.as_str(), peer.port),
+        (record.api.host.as_str(), record.api.port),
+        "playback pulls from record's api"
+    );
+    assert_eq!(playback.sync.shards, record.sync.shards);
+    assert_ne!(
+        playback.data_dir, record.data_dir,
+        "two nodes on one machine need two data dirs"
+    );
+}
+
+#[test]
+fn the_original_examples_differ_from_the_shipped_ones_only_by_the_two_typos() {
+    let record = original_example("Record 节点配置示例");
+    let playback = original_example("Playback 节点配置示例");
+    let shipped_record = std::fs::read_to_string(repo("config/example-record.json")).unwrap();
+    let shipped_playback = std::fs::read_to_string(repo("config/example-playback.json")).unwrap();
+    assert_eq!(
+        record.replace("\"tcp\": nill,", "\"tcp\": null,"),
+        shipped_record
+    );
+    assert_eq!(
+        playback.replace("\"shards\": 1\n", "\"shards\": 1,\n"),
+        shipped_playback
+    );
+}
+
+#[test]
+fn the_original_record_example_fails_at_nill_with_line_and_column() {
+    let text = original_example("Record 节点配置示例");
+    let err = Config::parse(&text, Path::new("config.json"))
+        .unwrap_err()
+        .to_string();
+    let line = text.lines().position(|l| l.contains("nill")).unwrap() + 1;
+    assert!(err.starts_with(&format!("config.json:{line}:")), "{err}");
+    assert!(err.contains("`nill` is not a JSON value"), "{err}");
+
+    let text = original_example("Playback 节点配置示例");
+    let err = Config::parse(&text, Path::new("config.json"))
+        .unwrap_err()
+        .to_string();
+    let line = text
+        .lines()
+        .position(|l| l.contains("\"peer\": {"))
+        .unwrap()
+        + 1;
+    assert!(
+        err.starts_with(&format!("config.json:{line}:")),
+        "the missing comma is found where the next key starts: {err}"
+    );
+}
+
+#[test]
+fn a_bad_config_stops_start_up_with_file_line_column_and_exit_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = crate::support::free_port();
+    let path = dir.path().join("bad.json");
+    let text = format!(
+        "{{\n  \"mode\": \"Record\",\n  \"http\": {{\"port\": {port}, \"downstream\": \"http://127.0.0.1:1\"}},\n  \"sync\": {{\"shards\": \"many\"}}\n}}\n"
+    );
+    std::fs::write(&path, text).unwrap();
+    let out = qproxy(&["-c", path.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!("{}:4:", path.display())),
+        "{stderr}"
+    );
+    assert!(stderr.contains("expected u32"), "{stderr}");
+    // Nothing was bound: the port is still free.
+    std::net::TcpListener::bind(("127.0.0.1", port)).expect("the port was never bound");
+
+    let out = qproxy(&["-c", dir.path().join("missing.json").to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read"));
+}
+
+#[test]
+fn config_path_comes_from_the_environment_and_check_config_exits() {
+    let out = Command::new(env!("CARGO_BIN_EXE_qproxy"))
+        .arg("-t")
+        .env("CONFIG_PATH", repo("config/playback.json"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("playback.json: ok (Playback node, 4 shard(s), store: embedded)"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn help_and_version() {
+    let out = qproxy(&["--help"]);
+    let help = String::from_utf8_lossy(&out.stdout);
+    for flag in [
+        "-c, --config",
+        "-l, --log-level",
+        "-v, --verbose",
+        "-h, --help",
+        "-V, --version",
+        "CONFIG_PATH",
+    ] {
+        assert!(help.contains(flag), "{flag} in\n{help}");
+    }
+    let out = qproxy(&["-V"]);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        format!("qproxy {}", env!("CARGO_PKG_VERSION"))
+    );
+}

@@ -1,0 +1,228 @@
+//! The HTTP reverse proxy as a client and a downstream see it.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, StatusCode};
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use serde_json::json;
+use tokio::net::TcpListener;
+
+use crate::support::{self, eventually, free_port, FakeDownstream, StoreChoice};
+
+fn plain_proxy_config(downstream: &str, dir: &std::path::Path) -> serde_json::Value {
+    let mut c = support::record_config(downstream, 1, &StoreChoice::Embedded(dir.to_path_buf()));
+    c["record"] = json!({"enabled": false});
+    c
+}
+
+#[tokio::test]
+async fn forwards_method_path_query_headers_and_body() {
+    let downstream = FakeDownstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let node = support::start_node(plain_proxy_config(&downstream.url(), dir.path())).await;
+    let proxy = node.http_addr.unwrap();
+
+    let mut conn = support::ClientConn::connect("127.0.0.1".parse().unwrap(), proxy).await;
+    let req = Request::builder()
+        .method("PATCH")
+        .uri("/a/b%20c?x=1&y=two")
+        .header("host", "service.zone-a")
+        .header("x-custom", "v1")
+        .header("connection", "keep-alive, x-hop")
+        .header("x-hop", "must not pass")
+        .header("keep-alive", "timeout=5")
+        .header("x-forwarded-for", "10.9.9.9")
+        .body(Full::new(Bytes::from_static(b"payload")))
+        .unwrap();
+    let (status, headers, body) = conn.send(req).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(headers["content-type"], "application/json");
+    let answer: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(answer["method"], "PATCH");
+    assert_eq!(answer["len"], 7);
+
+    let seen = downstream.seen();
+    assert_eq!(seen.len(), 1);
+    let s = &seen[0];
+    assert_eq!(s.method, "PATCH");
+    assert_eq!(s.uri, "/a/b%20c?x=1&y=two");
+    assert_eq!(
+        s.header("host"),
+        Some("service.zone-a"),
+        "the client's Host is kept"
+    );
+    assert_eq!(s.header("x-custom"), Some("v1"));
+    assert_eq!(
+        s.header("x-hop"),
+        None,
+        "headers named by Connection are hop-by-hop"
+    );
+    assert_eq!(s.header("keep-alive"), None);
+    assert_eq!(s.header("x-forwarded-for"), Some("10.9.9.9, 127.0.0.1"));
+    assert_eq!(&s.body[..], b"payload");
+
+    // The same connection is reused for a second request (keep-alive).
+    let (status, _, _) = conn
+        .send(
+            Request::get("/again")
+                .header("host", "h")
+                .body(Full::default())
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(downstream.count(), 2);
+    node.stop().await;
+}
+
+#[tokio::test]
+async fn admin_paths_belong_to_the_proxied_application() {
+    let downstream = FakeDownstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let node = support::start_node(plain_proxy_config(&downstream.url(), dir.path())).await;
+    let proxy = node.http_addr.unwrap();
+    for path in ["/health", "/metrics", "/sync", "/api/status"] {
+        let (status, body) = support::get_json(&format!("http://{proxy}{path}")).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(body["uri"], path, "{path} goes to the downstream");
+    }
+    node.stop().await;
+}
+
+#[tokio::test]
+async fn unreachable_downstream_is_a_502_with_a_reason() {
+    let dead = format!("http://127.0.0.1:{}", free_port());
+    let dir = tempfile::tempdir().unwrap();
+    let node = support::start_node(plain_proxy_config(&dead, dir.path())).await;
+    let proxy = node.http_addr.unwrap();
+    let response = support::client()
+        .request(
+            Request::get(format!("http://{proxy}/x"))
+                .body(Full::default())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::BAD_GATEWAY);
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    let text = String::from_utf8_lossy(&body);
+    assert!(text.contains("refused"), "the reason is given: {text}");
+    node.stop().await;
+}
+
+#[tokio::test]
+async fn h2c_clients_are_served() {
+    let downstream = FakeDownstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let node = support::start_node(plain_proxy_config(&downstream.url(), dir.path())).await;
+    let client = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build_http::<Full<Bytes>>();
+    let url = format!("http://{}/h2?q=1", node.http_addr.unwrap());
+    let response = client
+        .request(
+            Request::post(url)
+                .body(Full::new(Bytes::from_static(b"over h2")))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.version(), http::Version::HTTP_2);
+    let seen = downstream.seen();
+    assert_eq!(seen[0].uri, "/h2?q=1");
+    assert_eq!(&seen[0].body[..], b"over h2");
+    node.stop().await;
+}
+
+/// A downstream that counts request body bytes as they arrive.
+async fn counting_downstream() -> (SocketAddr, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let received = Arc::new(AtomicUsize::new(0));
+    let counter = received.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let counter = counter.clone();
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+                    let counter = counter.clone();
+                    async move {
+                        let mut body = req.into_body();
+                        while let Some(frame) = body.frame().await {
+                            if let Some(data) = frame.unwrap().data_ref() {
+                                counter.fetch_add(data.len(), Ordering::SeqCst);
+                            }
+                        }
+                        let total = counter.load(Ordering::SeqCst);
+                        Ok::<_, Infallible>(http::Response::new(Full::new(Bytes::from(
+                            total.to_string(),
+                        ))))
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    (addr, received)
+}
+
+#[tokio::test]
+async fn a_64_mib_upload_streams_through() {
+    let (downstream, received) = counting_downstream().await;
+    let dir = tempfile::tempdir().unwrap();
+    let node = support::start_node(plain_proxy_config(
+        &format!("http://{downstream}"),
+        dir.path(),
+    ))
+    .await;
+    let proxy = node.http_addr.unwrap();
+
+    const CHUNK: usize = 1 << 20;
+    const CHUNKS: usize = 64;
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, Infallible>>(1);
+    let body = StreamBody::new(tokio_stream_from(rx));
+    let client = hyper_util::client::legacy::Client::builder(TokioExecutor::new()).build_http();
+    let request = Request::post(format!("http://{proxy}/upload"))
+        .header("content-length", (CHUNK * CHUNKS).to_string())
+        .body(body)
+        .unwrap();
+    let response = tokio::spawn(client.request(request));
+
+    let chunk = Bytes::from(vec![0xabu8; CHUNK]);
+    tx.send(Ok(Frame::data(chunk.clone()))).await.unwrap();
+    // The downstream sees bytes while the client still holds 63 MiB back:
+    // the proxy streams instead of buffering the whole upload.
+    eventually(
+        "first bytes reach the downstream",
+        Duration::from_secs(10),
+        || async { (received.load(Ordering::SeqCst) > 0).then_some(()) },
+    )
+    .await;
+    assert!(received.load(Ordering::SeqCst) <= 2 * CHUNK);
+    for _ in 1..CHUNKS {
+        tx.send(Ok(Frame::data(chunk.clone()))).await.unwrap();
+    }
+    drop(tx);
+    let response = response.await.unwrap().unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(String::from_utf8_lossy(&body), (CHUNK * CHUNKS).to_string());
+    node.stop().await;
+}
+
+/// An mpsc receiver as a `Stream`, without another dependency.
+fn tokio_stream_from<T>(
+    mut rx: tokio::sync::mpsc::Receiver<T>,
+) -> impl futures_util::Stream<Item = T> {
+    futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}

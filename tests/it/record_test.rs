@@ -1,0 +1,516 @@
+//! The Record node: what it records, what `GET /sync` and `POST /commit`
+//! answer, and that recording never breaks proxying.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use base64::Engine;
+use bytes::Bytes;
+use http::{Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use serde_json::{json, Value};
+
+use crate::support::{
+    self, eventually, get_json, post_json, FakeDownstream, RedisServer, StoreChoice,
+};
+
+async fn sync(api: SocketAddr, query: &str) -> Value {
+    let (status, body) = get_json(&format!("http://{api}/sync?{query}")).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    body
+}
+
+async fn wait_for_records(api: SocketAddr, query: &str, n: usize) -> Value {
+    eventually(
+        &format!("{n} records on /sync?{query}"),
+        Duration::from_secs(20),
+        || async {
+            let body = sync(api, query).await;
+            (body["records"].as_array().unwrap().len() >= n).then_some(body)
+        },
+    )
+    .await
+}
+
+fn b64(s: &Value) -> Vec<u8> {
+    base64::engine::general_purpose::STANDARD
+        .decode(s.as_str().unwrap())
+        .unwrap()
+}
+
+#[tokio::test]
+async fn an_exchange_is_recorded_in_full() {
+    let downstream = FakeDownstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let node = support::start_node(support::record_config(
+        &downstream.url(),
+        1,
+        &StoreChoice::Embedded(dir.path().into()),
+    ))
+    .await;
+    let proxy = node.http_addr.unwrap();
+    let mut conn = support::ClientConn::connect("127.0.0.1".parse().unwrap(), proxy).await;
+    let (status, _, answer) = conn
+        .send(
+            Request::post("/orders?id=7")
+                .header("host", "shop")
+                .header("content-type", "application/json")
+                .header("x-test-status", "201")
+                .header("connection", "keep-alive")
+                .body(Full::new(Bytes::from_static(b"{\"qty\":2}")))
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+
+    let body = wait_for_records(node.api_addr, "peer_id=p&shard_id=default", 1).await;
+    let record = &body["records"][0];
+    assert_eq!(body["has_more"], false);
+    assert_eq!(body["next_id"], record["id"]);
+    assert!(
+        record["id"].as_str().unwrap().contains('-'),
+        "ids are <ms>-<seq>"
+    );
+    assert_eq!(record["shard"], 0);
+    assert_eq!(record["client_addr"], conn.local.to_string());
+    assert_eq!(record["error"], Value::Null);
+    let http = &record["exchange"]["http"];
+    assert_eq!(http["method"], "POST");
+    assert_eq!(http["uri"], "/orders?id=7");
+    assert_eq!(http["status"], 201);
+    assert_eq!(b64(&http["request_body"]), b"{\"qty\":2}");
+    assert_eq!(b64(&http["response_body"]), &answer[..]);
+    let headers: Vec<(String, String)> =
+        serde_json::from_value(http["request_headers"].clone()).unwrap();
+    assert!(headers.contains(&("host".into(), "shop".into())));
+    assert!(headers.contains(&("x-test-status".into(), "201".into())));
+    assert!(
+        !headers.iter().any(|(n, _)| n == "connection"),
+        "hop-by-hop headers are not recorded"
+    );
+    assert!(
+        !headers.iter().any(|(n, _)| n == "x-forwarded-for"),
+        "the client's own headers are recorded"
+    );
+    let response_headers: Vec<(String, String)> =
+        serde_json::from_value(http["response_headers"].clone()).unwrap();
+    assert!(response_headers.contains(&("content-type".into(), "application/json".into())));
+
+    // MessagePack on request.
+    let response = support::client()
+        .request(
+            Request::get(format!("http://{}/sync?peer_id=p", node.api_addr))
+                .header("accept", "application/msgpack")
+                .body(Full::default())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(response.headers()["content-type"], "application/msgpack");
+    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    let batch: qproxy::sync::SyncBatch = rmp_serde::from_slice(&bytes).unwrap();
+    assert_eq!(batch.records.len(), 1);
+    assert_eq!(
+        batch.records[0].id.unwrap().to_string(),
+        record["id"].as_str().unwrap()
+    );
+    node.stop().await;
+}
+
+#[tokio::test]
+async fn a_failed_downstream_is_recorded_with_its_error() {
+    let dead = format!("http://127.0.0.1:{}", support::free_port());
+    let dir = tempfile::tempdir().unwrap();
+    let node = support::start_node(support::record_config(
+        &dead,
+        1,
+        &StoreChoice::Embedded(dir.path().into()),
+    ))
+    .await;
+    let (status, _) = support::post_raw(
+        &format!("http://{}/x", node.http_addr.unwrap()),
+        Bytes::from_static(b"b"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY);
+    let body = wait_for_records(node.api_addr, "peer_id=p", 1).await;
+    let record = &body["records"][0];
+    assert!(
+        record["error"].as_str().unwrap().contains("refused"),
+        "{record}"
+    );
+    assert_eq!(record["exchange"]["http"]["status"], Value::Null);
+    node.stop().await;
+}
+
+#[tokio::test]
+async fn sync_pages_by_checkpoint_limit_after_and_time() {
+    let downstream = FakeDownstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let node = support::start_node(support::record_config(
+        &downstream.url(),
+        1,
+        &StoreChoice::Embedded(dir.path().into()),
+    ))
+    .await;
+    let proxy = node.http_addr.unwrap();
+    let api = node.api_addr;
+    let before = qproxy::clock::format_ms(qproxy::clock::now_ms() - 1000);
+    for i in 0..5 {
+        support::get_json(&format!("http://{proxy}/n/{i}")).await;
+    }
+    let all = wait_for_records(api, "peer_id=p", 5).await;
+    let ids: Vec<String> = all["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["id"].as_str().unwrap().to_string())
+        .collect();
+    let uris: Vec<&str> = all["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["exchange"]["http"]["uri"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        uris,
+        ["/n/0", "/n/1", "/n/2", "/n/3", "/n/4"],
+        "records come in order"
+    );
+
+    let page = sync(api, "peer_id=p&limit=2").await;
+    assert_eq!(page["records"].as_array().unwrap().len(), 2);
+    assert_eq!(page["has_more"], true);
+    assert_eq!(page["next_id"], ids[1].as_str());
+    let page = sync(api, &format!("peer_id=p&limit=2&after={}", ids[3])).await;
+    assert_eq!(page["records"][0]["id"], ids[4].as_str());
+    assert_eq!(page["has_more"], false);
+
+    // A commit moves this peer's start; other peers are not affected.
+    let commit = json!({"peer_id": "p", "shard_id": "default", "last_sync_time": 1, "last_record_id": ids[2],
+                        "status": "Completed", "retry_count": 0, "error_message": ""});
+    let (status, stored) = post_json(&format!("http://{api}/commit"), &commit).await;
+    assert_eq!(status, StatusCode::OK, "{stored}");
+    assert_eq!(stored["last_record_id"], ids[2].as_str());
+    let page = sync(api, "peer_id=p").await;
+    assert_eq!(page["records"][0]["id"], ids[3].as_str());
+    assert_eq!(
+        sync(api, "peer_id=other").await["records"]
+            .as_array()
+            .unwrap()
+            .len(),
+        5
+    );
+
+    // Never backwards, and a repeat is harmless.
+    let mut older = commit.clone();
+    older["last_record_id"] = json!(ids[0]);
+    let (status, stored) = post_json(&format!("http://{api}/commit"), &older).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(stored["last_record_id"], ids[2].as_str());
+    let (_, stored) = post_json(&format!("http://{api}/commit"), &commit).await;
+    assert_eq!(stored["last_record_id"], ids[2].as_str());
+
+    // By time: everything since a second ago, nothing in the future.
+    let page = sync(api, &format!("peer_id=p&start={before}")).await;
+    assert_eq!(page["records"].as_array().unwrap().len(), 5);
+    let future = qproxy::clock::format_ms(qproxy::clock::now_ms() + 3_600_000);
+    let page = sync(api, &format!("peer_id=p&start={future}")).await;
+    assert!(page["records"].as_array().unwrap().is_empty());
+    assert_eq!(page["next_id"], Value::Null);
+    let page = sync(api, &format!("peer_id=p&start={before}&end={before}")).await;
+    assert!(page["records"].as_array().unwrap().is_empty());
+    node.stop().await;
+}
+
+#[tokio::test]
+async fn malformed_queries_and_bodies_get_a_400_that_says_why() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = support::start_node(support::record_config(
+        "http://127.0.0.1:9",
+        2,
+        &StoreChoice::Embedded(dir.path().into()),
+    ))
+    .await;
+    let api = node.api_addr;
+    for (query, says) in [
+        ("shard_id=7", "out of range"),
+        ("shard_id=x", "shard_id `x`"),
+        ("limit=0", "limit"),
+        ("limit=abc", "limit"),
+        ("after=12-x", "after"),
+        ("start=yesterday", "start"),
+        ("peer_id=a%20b", "peer_id"),
+        ("bogus=1", "unknown query parameter `bogus`"),
+        ("limit=1&limit=2", "twice"),
+    ] {
+        let (status, body) = get_json(&format!("http://{api}/sync?{query}")).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{query}");
+        assert!(
+            body["error"].as_str().unwrap().contains(says),
+            "{query}: {body}"
+        );
+    }
+    for (body, says) in [
+        ("not json", "commit body"),
+        ("{}", "missing field"),
+        (
+            r#"{"peer_id":"p","shard_id":0,"last_record_id":"x"}"#,
+            "not a record id",
+        ),
+        (
+            r#"{"peer_id":"p","shard_id":5,"last_record_id":"1-0"}"#,
+            "out of range",
+        ),
+        (
+            r#"{"peer_id":"p","shard_id":0,"last_record_id":"1-0","extra":1}"#,
+            "unknown field",
+        ),
+        (
+            r#"{"peer_id":"p","shard_id":0,"last_record_id":"1-0","status":"Done"}"#,
+            "unknown variant",
+        ),
+        (
+            r#"{"peer_id":"","shard_id":0,"last_record_id":"1-0"}"#,
+            "peer_id",
+        ),
+    ] {
+        let (status, answer) =
+            support::post_raw(&format!("http://{api}/commit"), Bytes::from(body)).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+        assert!(
+            answer["error"].as_str().unwrap().contains(says),
+            "{body}: {answer}"
+        );
+    }
+    let (status, _) = support::post_raw(&format!("http://{api}/sync"), Bytes::new()).await;
+    assert_eq!(
+        status,
+        StatusCode::METHOD_NOT_ALLOWED,
+        "POST /sync is a Playback endpoint"
+    );
+    let (status, _) = get_json(&format!("http://{api}/nope")).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    node.stop().await;
+}
+
+#[tokio::test]
+async fn shard_by_header_keeps_a_key_on_one_shard() {
+    let downstream = FakeDownstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = support::record_config(
+        &downstream.url(),
+        8,
+        &StoreChoice::Embedded(dir.path().into()),
+    );
+    config["record"] = json!({"shard_key_header": "x-tenant"});
+    let node = support::start_node(config).await;
+    let proxy = node.http_addr.unwrap();
+    for i in 0..24 {
+        let tenant = format!("t{}", i % 3);
+        support::client()
+            .request(
+                Request::get(format!("http://{proxy}/"))
+                    .header("x-tenant", tenant)
+                    .body(Full::default())
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+    }
+    let mut shards_of_tenant =
+        std::collections::HashMap::<String, std::collections::HashSet<u64>>::new();
+    let mut total = 0;
+    eventually(
+        "24 records over the shards",
+        Duration::from_secs(20),
+        || async {
+            let mut n = 0;
+            for shard in 0..8 {
+                n += sync(node.api_addr, &format!("peer_id=p&shard_id={shard}")).await["records"]
+                    .as_array()
+                    .unwrap()
+                    .len();
+            }
+            (n == 24).then_some(())
+        },
+    )
+    .await;
+    for shard in 0..8 {
+        let page = sync(node.api_addr, &format!("peer_id=p&shard_id={shard}")).await;
+        for r in page["records"].as_array().unwrap() {
+            let headers: Vec<(String, String)> =
+                serde_json::from_value(r["exchange"]["http"]["request_headers"].clone()).unwrap();
+            let tenant = headers
+                .iter()
+                .find(|(n, _)| n == "x-tenant")
+                .unwrap()
+                .1
+                .clone();
+            shards_of_tenant.entry(tenant).or_default().insert(shard);
+            total += 1;
+        }
+    }
+    assert_eq!(total, 24);
+    assert_eq!(shards_of_tenant.len(), 3);
+    assert!(
+        shards_of_tenant.values().all(|s| s.len() == 1),
+        "{shards_of_tenant:?}"
+    );
+    node.stop().await;
+}
+
+#[tokio::test]
+async fn with_redis_stopped_every_request_is_served_and_recorded_later() {
+    let downstream = FakeDownstream::start().await;
+    let mut redis = RedisServer::start();
+    let store = StoreChoice::Redis {
+        url: redis.url(),
+        prefix: "down".into(),
+    };
+    let node = support::start_node(support::record_config(&downstream.url(), 2, &store)).await;
+    let proxy = node.http_addr.unwrap();
+    let api = node.api_addr;
+
+    support::get_json(&format!("http://{proxy}/before")).await;
+    wait_for_records(api, "peer_id=p", 1).await;
+    let (status, health) = get_json(&format!("http://{api}/health")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(health["status"], "UP");
+    assert_eq!(health["components"]["redis"], "UP");
+
+    redis.stop();
+    for i in 0..20 {
+        let response = support::client()
+            .request(
+                Request::get(format!("http://{proxy}/during/{i}"))
+                    .body(Full::default())
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            response.status(),
+            StatusCode::OK,
+            "request {i} is served while Redis is down"
+        );
+    }
+    let (status, health) = get_json(&format!("http://{api}/health")).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(health["status"], "DOWN");
+    assert_eq!(health["components"]["redis"], "DOWN");
+    assert!(
+        health["error"].as_str().unwrap().contains("redis"),
+        "{health}"
+    );
+    let (_, status) = get_json(&format!("http://{api}/api/status")).await;
+    assert_eq!(status["store"]["status"], "DOWN");
+
+    // Back up (empty: no persistence): the spooled records are written.
+    redis.restart();
+    let during: usize = eventually(
+        "spooled records written after Redis is back",
+        Duration::from_secs(30),
+        || async {
+            let mut n = 0;
+            for shard in 0..2 {
+                let (status, page) = get_json(&format!(
+                    "http://{api}/sync?peer_id=p&shard_id={shard}&limit=100"
+                ))
+                .await;
+                if status != StatusCode::OK {
+                    return None;
+                }
+                n += page["records"].as_array().unwrap().len();
+            }
+            (n == 20).then_some(n)
+        },
+    )
+    .await;
+    assert_eq!(during, 20);
+    let (_, status) = get_json(&format!("http://{api}/api/status")).await;
+    assert_eq!(status["recording"]["dropped"], 0);
+    node.stop().await;
+}
+
+#[tokio::test]
+async fn an_auth_token_guards_everything_but_health() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = support::record_config(
+        "http://127.0.0.1:9",
+        1,
+        &StoreChoice::Embedded(dir.path().into()),
+    );
+    config["api"]["auth_token"] = json!("s3cret-token-0123456789");
+    let node = support::start_node(config).await;
+    let api = node.api_addr;
+    for path in ["/sync", "/api/status", "/metrics"] {
+        let (status, body) = get_json(&format!("http://{api}{path}")).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{path}");
+        assert!(body["error"].as_str().unwrap().contains("bearer"), "{body}");
+    }
+    let response = support::client()
+        .request(
+            Request::get(format!("http://{api}/sync"))
+                .header("authorization", "Bearer s3cret-token-0123456789")
+                .body(Full::default())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let response = support::client()
+        .request(
+            Request::get(format!("http://{api}/sync"))
+                .header("authorization", "Bearer wrong")
+                .body(Full::default())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    let (status, _) = get_json(&format!("http://{api}/health")).await;
+    assert_eq!(status, StatusCode::OK);
+    node.stop().await;
+}
+
+#[tokio::test]
+async fn metrics_show_the_readme_names() {
+    let downstream = FakeDownstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let node = support::start_node(support::record_config(
+        &downstream.url(),
+        1,
+        &StoreChoice::Embedded(dir.path().into()),
+    ))
+    .await;
+    support::get_json(&format!("http://{}/m", node.http_addr.unwrap())).await;
+    wait_for_records(node.api_addr, "peer_id=p", 1).await;
+    let response = support::client()
+        .request(
+            Request::get(format!("http://{}/metrics", node.api_addr))
+                .body(Full::default())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    let text = String::from_utf8(
+        response
+            .into_body()
+            .collect()
+            .await
+            .unwrap()
+            .to_bytes()
+            .to_vec(),
+    )
+    .unwrap();
+    for name in [
+        "http_requests_total",
+        "http_request_duration_seconds_bucket",
+        "http_active_connections",
+        "qproxy_records_total",
+    ] {
+        assert!(text.contains(name), "{name} missing from:\n{text}");
+    }
+    node.stop().await;
+}

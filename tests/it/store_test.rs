@@ -1,0 +1,341 @@
+//! One conformance suite, run against every store: Redis Streams on a real
+//! `redis-server`, and the embedded store on disk.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use qproxy::config::RedisConfig;
+use qproxy::playback::{Outcome, ReplayResult};
+use qproxy::record::{Body, Exchange, HttpExchange, Record, RecordId, PIECE_BYTES};
+use qproxy::store::{EmbeddedStore, NewRecord, RedisStore, Store};
+use qproxy::sync::{Checkpoint, CommitStatus};
+
+use crate::support::RedisServer;
+
+fn record(shard: u32, body: Bytes) -> Record {
+    Record {
+        id: None,
+        shard,
+        captured_at_ms: 1,
+        duration_us: 2,
+        client_addr: "127.0.0.1:1".into(),
+        error: None,
+        exchange: Exchange::Http(HttpExchange {
+            method: "PUT".into(),
+            uri: "/x".into(),
+            version: "HTTP/1.1".into(),
+            request_headers: vec![("a".into(), "b".into())],
+            request_body: Body(body),
+            request_body_truncated: false,
+            status: Some(201),
+            response_headers: vec![],
+            response_body: Body::default(),
+            response_body_truncated: false,
+        }),
+    }
+}
+
+fn checkpoint(peer: &str, shard: u32, id: RecordId, status: CommitStatus) -> Checkpoint {
+    Checkpoint {
+        peer_id: peer.into(),
+        shard,
+        last_record_id: id,
+        last_sync_time: 7,
+        status,
+        retry_count: 0,
+        error_message: String::new(),
+        committed_at_ms: 9,
+    }
+}
+
+fn result(id: RecordId, shard: u32, outcome: Outcome, at: u64) -> ReplayResult {
+    ReplayResult {
+        record_id: id,
+        shard,
+        outcome,
+        detail: None,
+        replayed_at_ms: at,
+        duration_us: 1,
+        method: "GET".into(),
+        uri: "/".into(),
+        recorded_status: Some(200),
+        replayed_status: Some(200),
+    }
+}
+
+async fn conformance(store: Arc<dyn Store>) {
+    store.ping().await.expect("store answers");
+
+    // Appends: ids strictly increase per shard and come back in order.
+    let big = Bytes::from(vec![7u8; 3 * PIECE_BYTES + 11]);
+    let batch: Vec<NewRecord> = (0..10u32)
+        .map(|i| {
+            let body = if i == 4 {
+                big.clone()
+            } else {
+                Bytes::from(vec![i as u8; i as usize])
+            };
+            NewRecord::encode(&record(i % 2, body))
+        })
+        .collect();
+    let ids = store.append(&batch).await.unwrap();
+    assert_eq!(ids.len(), 10);
+    for shard in 0..2 {
+        let of_shard: Vec<RecordId> = ids
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| *i as u32 % 2 == shard)
+            .map(|(_, id)| *id)
+            .collect();
+        assert!(
+            of_shard.windows(2).all(|w| w[0] < w[1]),
+            "ids increase: {of_shard:?}"
+        );
+    }
+    let more = store
+        .append(&[NewRecord::encode(&record(0, Bytes::from_static(b"late")))])
+        .await
+        .unwrap();
+    assert!(more[0] > ids[8], "a later batch gets later ids");
+
+    let read = store
+        .read(0, RecordId::ZERO, RecordId::MAX, 100)
+        .await
+        .unwrap();
+    assert_eq!(read.len(), 6);
+    let decoded: Vec<Record> = read.iter().map(|r| r.decode().unwrap()).collect();
+    let Exchange::Http(h) = &decoded[2].exchange;
+    assert_eq!(
+        h.request_body.len(),
+        big.len(),
+        "a 3 MiB body comes back whole"
+    );
+    assert_eq!(h.request_body.0, big);
+    assert_eq!(decoded[2].id, Some(ids[4]));
+    assert_eq!(store.len(0).await.unwrap(), 6);
+    assert_eq!(store.len(1).await.unwrap(), 5);
+    assert_eq!(store.len(2).await.unwrap(), 0);
+    assert_eq!(store.last_id(0).await.unwrap(), Some(more[0]));
+    assert_eq!(store.last_id(3).await.unwrap(), None);
+
+    // Ranges are inclusive and limited.
+    let window = store.read(0, ids[2], ids[6], 100).await.unwrap();
+    assert_eq!(
+        window.iter().map(|r| r.id).collect::<Vec<_>>(),
+        vec![ids[2], ids[4], ids[6]]
+    );
+    let limited = store
+        .read(0, ids[2].successor(), RecordId::MAX, 2)
+        .await
+        .unwrap();
+    assert_eq!(
+        limited.iter().map(|r| r.id).collect::<Vec<_>>(),
+        vec![ids[4], ids[6]]
+    );
+    assert!(store.read(0, ids[6], ids[2], 10).await.unwrap().is_empty());
+
+    // Checkpoints never move backwards; a repeat is harmless.
+    assert_eq!(store.checkpoint("p", 0).await.unwrap(), None);
+    let c5 = store
+        .commit(checkpoint("p", 0, ids[4], CommitStatus::Completed))
+        .await
+        .unwrap();
+    assert_eq!(c5.last_record_id, ids[4]);
+    let stale = store
+        .commit(checkpoint("p", 0, ids[2], CommitStatus::Completed))
+        .await
+        .unwrap();
+    assert_eq!(
+        stale.last_record_id, ids[4],
+        "a stale commit does not move it back"
+    );
+    let again = store
+        .commit(checkpoint("p", 0, ids[4], CommitStatus::Completed))
+        .await
+        .unwrap();
+    assert_eq!(again, c5);
+    store
+        .commit(checkpoint("q", 1, ids[1], CommitStatus::Failed))
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .checkpoint("p", 0)
+            .await
+            .unwrap()
+            .unwrap()
+            .last_record_id,
+        ids[4]
+    );
+    let mut all = store.checkpoints(2).await.unwrap();
+    all.sort_by(|a, b| a.peer_id.cmp(&b.peer_id));
+    assert_eq!(all.len(), 2);
+    assert_eq!(all[1].status, CommitStatus::Failed);
+
+    // Retention: by length, then by age (id).
+    store.trim(1, None, Some(2)).await.unwrap();
+    let left: Vec<RecordId> = store
+        .read(1, RecordId::ZERO, RecordId::MAX, 100)
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.id)
+        .collect();
+    assert_eq!(left, vec![ids[7], ids[9]]);
+    store.trim(0, Some(ids[6]), None).await.unwrap();
+    let left: Vec<RecordId> = store
+        .read(0, RecordId::ZERO, RecordId::MAX, 100)
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.id)
+        .collect();
+    assert_eq!(left, vec![ids[6], ids[8], more[0]]);
+
+    // Replay results and the replayed-up-to mark.
+    assert_eq!(store.replayed_upto("p", 0).await.unwrap(), None);
+    let results: Vec<ReplayResult> = (0..5u64)
+        .map(|i| {
+            result(
+                RecordId::new(100 + i, 0),
+                0,
+                if i == 3 {
+                    Outcome::Mismatched
+                } else {
+                    Outcome::Matched
+                },
+                1000 + i,
+            )
+        })
+        .collect();
+    store
+        .save_replays("p", 0, &results, Some(RecordId::new(104, 0)), 3)
+        .await
+        .unwrap();
+    assert_eq!(
+        store.replayed_upto("p", 0).await.unwrap(),
+        Some(RecordId::new(104, 0))
+    );
+    assert_eq!(store.replayed_upto("other", 0).await.unwrap(), None);
+    let kept = store.replays(0, 10).await.unwrap();
+    assert_eq!(kept.len(), 3, "only `keep` results are kept");
+    assert_eq!(kept[0].record_id, RecordId::new(104, 0), "newest first");
+    assert_eq!(kept[1].outcome, Outcome::Mismatched);
+    assert!(store.replays(1, 10).await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn embedded_conformance() {
+    let dir = tempfile::tempdir().unwrap();
+    conformance(Arc::new(EmbeddedStore::open(dir.path()).unwrap())).await;
+}
+
+#[tokio::test]
+async fn embedded_survives_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = {
+        let store = EmbeddedStore::open(dir.path()).unwrap();
+        let ids = store
+            .append(&[NewRecord::encode(&record(0, Bytes::from_static(b"x")))])
+            .await
+            .unwrap();
+        store
+            .commit(checkpoint("p", 0, ids[0], CommitStatus::Completed))
+            .await
+            .unwrap();
+        ids[0]
+    };
+    let store = EmbeddedStore::open(dir.path()).unwrap();
+    assert_eq!(store.len(0).await.unwrap(), 1);
+    assert_eq!(
+        store
+            .checkpoint("p", 0)
+            .await
+            .unwrap()
+            .unwrap()
+            .last_record_id,
+        first
+    );
+    let next = store
+        .append(&[NewRecord::encode(&record(0, Bytes::new()))])
+        .await
+        .unwrap();
+    assert!(next[0] > first, "ids keep increasing after a reopen");
+}
+
+fn redis_store(server: &RedisServer, prefix: &str) -> RedisStore {
+    RedisStore::new(&RedisConfig {
+        url: server.url(),
+        pool_size: 2,
+        connection_timeout: 2,
+        retry_count: 1,
+        key_prefix: prefix.into(),
+    })
+    .unwrap()
+}
+
+#[tokio::test]
+async fn redis_conformance() {
+    let server = RedisServer::start();
+    conformance(Arc::new(redis_store(&server, "conf"))).await;
+}
+
+#[tokio::test]
+async fn redis_keys_use_hash_tags_and_small_values() {
+    let server = RedisServer::start();
+    let store = redis_store(&server, "qp");
+    let body = Bytes::from(vec![1u8; 5 * PIECE_BYTES]);
+    store
+        .append(&[NewRecord::encode(&record(3, body))])
+        .await
+        .unwrap();
+    let client = redis::Client::open(server.url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg("*")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(keys, vec!["qp:{s3}:records".to_string()]);
+    let entries: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+        .arg("qp:{s3}:records")
+        .arg("-")
+        .arg("+")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let fields = &entries.ids[0].map;
+    assert!(fields.len() >= 5, "a 5 MiB record is stored in pieces");
+    for value in fields.values() {
+        let redis::Value::BulkString(bytes) = value else {
+            panic!("pieces are strings")
+        };
+        assert!(bytes.len() <= PIECE_BYTES, "no stored value over 1 MiB");
+    }
+}
+
+#[tokio::test]
+async fn redis_down_is_an_error_not_a_hang() {
+    let mut server = RedisServer::start();
+    let store = redis_store(&server, "down");
+    store.ping().await.unwrap();
+    server.stop();
+    let started = std::time::Instant::now();
+    assert!(store
+        .append(&[NewRecord::encode(&record(0, Bytes::new()))])
+        .await
+        .is_err());
+    assert!(started.elapsed() < std::time::Duration::from_secs(30));
+    server.restart();
+    crate::support::eventually(
+        "redis store reconnects",
+        std::time::Duration::from_secs(20),
+        || async {
+            store
+                .append(&[NewRecord::encode(&record(0, Bytes::new()))])
+                .await
+                .ok()
+        },
+    )
+    .await;
+}
