@@ -32,6 +32,19 @@ async fn wait_for_records(api: SocketAddr, query: &str, n: usize) -> Value {
     .await
 }
 
+/// A Record node with an embedded store in a temporary folder.
+async fn embedded_record_node(
+    downstream: &str,
+    shards: u32,
+) -> (qproxy::node::RunningNode, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = StoreChoice::Embedded(dir.path().into());
+    (
+        support::start_node(support::record_config(downstream, shards, &store)).await,
+        dir,
+    )
+}
+
 fn b64(s: &Value) -> Vec<u8> {
     base64::engine::general_purpose::STANDARD
         .decode(s.as_str().unwrap())
@@ -41,13 +54,7 @@ fn b64(s: &Value) -> Vec<u8> {
 #[tokio::test]
 async fn an_exchange_is_recorded_in_full() {
     let downstream = FakeDownstream::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let node = support::start_node(support::record_config(
-        &downstream.url(),
-        1,
-        &StoreChoice::Embedded(dir.path().into()),
-    ))
-    .await;
+    let (node, _dir) = embedded_record_node(&downstream.url(), 1).await;
     let proxy = node.http_addr.unwrap();
     let mut conn = support::ClientConn::connect("127.0.0.1".parse().unwrap(), proxy).await;
     let (status, _, answer) = conn
@@ -120,13 +127,7 @@ async fn an_exchange_is_recorded_in_full() {
 #[tokio::test]
 async fn a_failed_downstream_is_recorded_with_its_error() {
     let dead = format!("http://127.0.0.1:{}", support::free_port());
-    let dir = tempfile::tempdir().unwrap();
-    let node = support::start_node(support::record_config(
-        &dead,
-        1,
-        &StoreChoice::Embedded(dir.path().into()),
-    ))
-    .await;
+    let (node, _dir) = embedded_record_node(&dead, 1).await;
     let (status, _) = support::post_raw(
         &format!("http://{}/x", node.http_addr.unwrap()),
         Bytes::from_static(b"b"),
@@ -146,13 +147,7 @@ async fn a_failed_downstream_is_recorded_with_its_error() {
 #[tokio::test]
 async fn sync_pages_by_checkpoint_limit_after_and_time() {
     let downstream = FakeDownstream::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let node = support::start_node(support::record_config(
-        &downstream.url(),
-        1,
-        &StoreChoice::Embedded(dir.path().into()),
-    ))
-    .await;
+    let (node, _dir) = embedded_record_node(&downstream.url(), 1).await;
     let proxy = node.http_addr.unwrap();
     let api = node.api_addr;
     let before = qproxy::clock::format_ms(qproxy::clock::now_ms() - 1000);
@@ -225,13 +220,7 @@ async fn sync_pages_by_checkpoint_limit_after_and_time() {
 
 #[tokio::test]
 async fn malformed_queries_and_bodies_get_a_400_that_says_why() {
-    let dir = tempfile::tempdir().unwrap();
-    let node = support::start_node(support::record_config(
-        "http://127.0.0.1:9",
-        2,
-        &StoreChoice::Embedded(dir.path().into()),
-    ))
-    .await;
+    let (node, _dir) = embedded_record_node("http://127.0.0.1:9", 2).await;
     let api = node.api_addr;
     for (query, says) in [
         ("shard_id=7", "out of range"),
@@ -477,13 +466,7 @@ async fn an_auth_token_guards_everything_but_health() {
 #[tokio::test]
 async fn metrics_show_the_readme_names() {
     let downstream = FakeDownstream::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let node = support::start_node(support::record_config(
-        &downstream.url(),
-        1,
-        &StoreChoice::Embedded(dir.path().into()),
-    ))
-    .await;
+    let (node, _dir) = embedded_record_node(&downstream.url(), 1).await;
     support::get_json(&format!("http://{}/m", node.http_addr.unwrap())).await;
     wait_for_records(node.api_addr, "peer_id=p", 1).await;
     let response = support::client()
