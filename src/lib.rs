@@ -14,17 +14,22 @@
 //! - [`record`] — the record model, the capture tee and the batch
 //!   [`record::recorder::Recorder`].
 //! - [`store`] — the [`store::Store`] trait: Redis Streams or embedded redb.
-//! - [`sync`] — batches, commits and checkpoints between zones, and the
-//!   Playback node's HTTP client for them.
+//! - [`sync`] — batches, commits and checkpoints between zones; the
+//!   Playback node's HTTP client, and the MQTT fabric (notify, query,
+//!   QoS 1 commits).
 //! - [`playback`] — replay, compare, and the per-shard pull loop.
 //! - [`api`] — the sync and admin listener (`/sync`, `/commit`, `/health`,
 //!   `/api/status`, `/api/replays`, `/metrics`).
+//! - [`mqtt_client`] — the public MQTT 3.1.1 client (publish, subscribe,
+//!   query) the sync fabric is built on; [`broker`] — the embedded broker.
 //! - [`metrics`] — metric names and the Prometheus exporter.
 
 pub mod api;
+pub mod broker;
 pub mod clock;
 pub mod config;
 pub mod metrics;
+pub mod mqtt_client;
 pub mod node;
 pub mod playback;
 pub mod proxy;

@@ -29,6 +29,10 @@ pub const SYNC_PULLS_TOTAL: &str = "qproxy_sync_pulls_total";
 pub const SYNC_ERRORS_TOTAL: &str = "qproxy_sync_errors_total";
 pub const SYNC_LAG_SECONDS: &str = "qproxy_sync_lag_seconds";
 pub const COMMITS_TOTAL: &str = "qproxy_commits_total";
+/// 1 for the transport the last pull used (`mqtt` or `http`), 0 for the other.
+pub const SYNC_TRANSPORT: &str = "qproxy_sync_transport";
+pub const MQTT_NOTIFICATIONS_TOTAL: &str = "qproxy_mqtt_notifications_total";
+pub const MQTT_CONNECTED: &str = "qproxy_mqtt_connected";
 
 /// Seconds buckets good for P50/P90/P99 from 100 µs to 30 s.
 const SECONDS_BUCKETS: &[f64] = &[

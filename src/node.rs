@@ -12,13 +12,16 @@ use tracing::{debug, info, warn};
 
 use crate::api::{Api, ApiState, PlaybackApi};
 use crate::config::{Config, Mode};
-use crate::playback::{PlaybackStats, Replayer, SyncRunner};
+use crate::mqtt_client::{MqttClient, MqttConfig};
+use crate::playback::{PlaybackStats, Replayer, SyncLink, SyncRunner};
 use crate::proxy::http::HttpProxy;
 use crate::record::recorder::Recorder;
 use crate::record::RecordId;
 use crate::server::serve;
 use crate::store::{self, Store, StoreError};
 use crate::sync::client::PeerClient;
+use crate::sync::mqtt::{serve_record_side, spawn_wakeups, MqttLink, ShardSignal, Topics};
+use tokio::sync::Notify;
 
 /// Open connections get this long to finish after a shutdown signal.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
@@ -35,6 +38,8 @@ pub enum NodeError {
     },
     #[error("cannot open the store: {0}")]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    Broker(#[from] crate::broker::BrokerError),
 }
 
 /// A node started in this process.
@@ -43,6 +48,8 @@ pub struct RunningNode {
     /// The proxy listener's address, when there is one.
     pub http_addr: Option<SocketAddr>,
     pub api_addr: SocketAddr,
+    /// The embedded MQTT broker's address, when this node runs one.
+    pub broker_addr: Option<SocketAddr>,
     shutdown: CancellationToken,
     task: JoinHandle<()>,
 }
@@ -83,14 +90,32 @@ pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
     let api = bind("api", &config.api.host, config.api.port).await?;
     let http_addr = http.as_ref().and_then(|l| l.local_addr().ok());
     let api_addr = api.local_addr().expect("a bound listener has an address");
+    let broker = match config
+        .mqtt
+        .as_ref()
+        .filter(|m| m.enabled)
+        .and_then(|m| m.embedded())
+    {
+        Some(embedded) => {
+            let mqtt = config.mqtt.as_ref().expect("checked above");
+            let user = mqtt
+                .app_id
+                .as_deref()
+                .map(|u| (u, mqtt.token.as_deref().unwrap_or("")));
+            Some(crate::broker::start(&embedded.host, embedded.port, user)?)
+        }
+        None => None,
+    };
+    let broker_addr = broker.map(|b| b.addr);
     let shutdown = CancellationToken::new();
     let mode = config.mode;
     info!(%mode, http = ?http_addr, api = %api_addr, store = %store.describe(), "node starting");
-    let task = tokio::spawn(run(config, store, http, api, shutdown.clone()));
+    let task = tokio::spawn(run(config, store, http, api, broker_addr, shutdown.clone()));
     Ok(RunningNode {
         mode,
         http_addr,
         api_addr,
+        broker_addr,
         shutdown,
         task,
     })
@@ -111,17 +136,83 @@ fn warn_unbuilt(config: &Config) {
     }
 }
 
+/// The node's MQTT client, started (it connects whenever the broker is there).
+fn mqtt_client(config: &Config, broker: Option<SocketAddr>) -> Option<Arc<MqttClient>> {
+    let section = config.mqtt.as_ref().filter(|m| m.enabled)?;
+    let (host, port) = match broker {
+        Some(addr) if section.host.is_none() && section.port.is_none() => {
+            (addr.ip().to_string(), addr.port())
+        }
+        _ => section.broker_addr(),
+    };
+    let client_id = section
+        .client_id
+        .clone()
+        .unwrap_or_else(|| match config.mode {
+            Mode::Record => format!("qproxy-record-{}", config.api.port),
+            Mode::Playback => format!("qproxy-playback-{}", config.sync.peer_id),
+        });
+    let mut client = MqttClient::new(MqttConfig {
+        client_id,
+        host,
+        port,
+        keep_alive: section.keep_alive,
+        app_id: section.app_id.clone(),
+        token: section.token.clone(),
+        query_timeout: Duration::from_millis(section.query_timeout_ms),
+        max_packet_bytes: section.max_batch_bytes.saturating_add(1 << 20),
+        ..MqttConfig::default()
+    });
+    client.start();
+    info!(broker = %client.broker(), client_id = %client.client_id(), "mqtt client started");
+    Some(Arc::new(client))
+}
+
 async fn run(
     config: Config,
     store: Arc<dyn Store>,
     http: Option<TcpListener>,
     api: TcpListener,
+    broker: Option<SocketAddr>,
     shutdown: CancellationToken,
 ) {
     let mut tasks: Vec<JoinHandle<()>> = Vec::new();
+    let mqtt = mqtt_client(&config, broker);
+    let topics = Topics::new(
+        config
+            .mqtt
+            .as_ref()
+            .map_or("qproxy", |m| m.topic_prefix.as_str()),
+    );
+    if let Some(client) = &mqtt {
+        tasks.push(watch_mqtt(client.clone(), shutdown.clone()));
+    }
     let recording = config.mode == Mode::Record && config.record.enabled;
+    let signal = mqtt
+        .as_ref()
+        .filter(|_| recording)
+        .map(|_| Arc::new(ShardSignal::new(config.sync.shards)));
+    if let (Some(client), Mode::Record) = (&mqtt, config.mode) {
+        let serving = serve_record_side(
+            client.clone(),
+            store.clone(),
+            topics.clone(),
+            signal
+                .clone()
+                .unwrap_or_else(|| Arc::new(ShardSignal::new(config.sync.shards))),
+            config.sync.shards,
+            config.mqtt.as_ref().map_or(4 << 20, |m| m.max_batch_bytes),
+            shutdown.clone(),
+        )
+        .await;
+        match serving {
+            Ok(handles) => tasks.extend(handles),
+            Err(e) => warn!(error = %e, "mqtt record side not started; HTTP sync still works"),
+        }
+    }
     let (recorder, writer) = if recording {
-        let (recorder, writer) = Recorder::spawn(store.clone(), &config.record, config.sync.shards);
+        let (recorder, writer) =
+            Recorder::spawn(store.clone(), &config.record, config.sync.shards, signal);
         tasks.push(spawn_retention(store.clone(), &config, shutdown.clone()));
         (Some(recorder), Some(writer))
     } else {
@@ -139,10 +230,38 @@ async fn run(
                 Duration::from_millis(config.playback.timeout_ms),
                 config.record.max_body_bytes,
             ));
-            let peer = config.sync.peer.as_ref().filter(|_| config.sync.enabled);
-            if let Some(peer) = peer {
+            let peer = config.sync.peer.as_ref();
+            if config.sync.enabled {
+                let wake: Arc<[Notify]> = (0..config.sync.shards).map(|_| Notify::new()).collect();
+                let mqtt_link = match &mqtt {
+                    Some(client) => {
+                        match spawn_wakeups(
+                            client.clone(),
+                            topics.clone(),
+                            wake.clone(),
+                            stats.notifications.clone(),
+                            shutdown.clone(),
+                        )
+                        .await
+                        {
+                            Ok(handle) => tasks.push(handle),
+                            Err(e) => {
+                                warn!(error = %e, "mqtt notifications not subscribed; polling only")
+                            }
+                        }
+                        Some(MqttLink {
+                            client: client.clone(),
+                            topics: topics.clone(),
+                        })
+                    }
+                    None => None,
+                };
                 let runner = Arc::new(SyncRunner {
-                    peer: PeerClient::new(peer),
+                    link: SyncLink {
+                        http: peer.map(PeerClient::new),
+                        mqtt: mqtt_link,
+                    },
+                    wake,
                     replayer: replayer.clone(),
                     store: store.clone(),
                     stats: stats.clone(),
@@ -185,6 +304,7 @@ async fn run(
         uses_redis: config.redis.is_some(),
         recorder: recorder_stats,
         playback,
+        mqtt: mqtt.clone(),
         started: Instant::now(),
     };
     tasks.push(tokio::spawn(serve(
@@ -204,6 +324,21 @@ async fn run(
         let _ = writer.await;
     }
     info!("node stopped");
+}
+
+/// Keeps the `qproxy_mqtt_connected` gauge in step with the connection.
+fn watch_mqtt(client: Arc<MqttClient>, shutdown: CancellationToken) -> JoinHandle<()> {
+    let mut state = client.connection_state();
+    tokio::spawn(async move {
+        loop {
+            let up = *state.borrow_and_update();
+            metrics::gauge!(crate::metrics::MQTT_CONNECTED).set(if up { 1.0 } else { 0.0 });
+            tokio::select! {
+                changed = state.changed() => if changed.is_err() { return },
+                _ = shutdown.cancelled() => return,
+            }
+        }
+    })
 }
 
 fn count_http_connection(delta: i64) {

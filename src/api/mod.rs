@@ -22,11 +22,13 @@ use serde_json::json;
 
 use self::query::Query;
 use crate::config::{valid_peer_id, Mode};
+use crate::mqtt_client::MqttClient;
 use crate::playback::{Outcome, PlaybackStats, ReplayResult, Replayer};
 use crate::record::recorder::RecorderStats;
-use crate::record::{Record, RecordId};
+use crate::record::RecordId;
 use crate::server::Handler;
 use crate::store::{Store, StoreError};
+use crate::sync::source::{read_batch, PullRequest};
 use crate::sync::{Checkpoint, CommitRequest, ShardId, SyncBatch};
 
 /// Most records one `GET /sync` returns.
@@ -57,6 +59,7 @@ pub struct ApiState {
     pub uses_redis: bool,
     pub recorder: Option<Arc<RecorderStats>>,
     pub playback: Option<PlaybackApi>,
+    pub mqtt: Option<Arc<MqttClient>>,
     pub started: Instant,
 }
 
@@ -189,37 +192,15 @@ impl Api {
         q.finish(&["peer_id", "shard_id", "limit", "after", "start", "end"])
             .map_err(Refusal::bad)?;
 
-        let store = &self.state.store;
-        let mut from = match (after, start) {
-            (Some(after), _) => after.successor(),
-            (None, Some(_)) => RecordId::ZERO,
-            (None, None) => store
-                .checkpoint(&peer_id, shard)
-                .await?
-                .map_or(RecordId::ZERO, |c| c.last_record_id.successor()),
+        let request = PullRequest {
+            peer_id,
+            shard,
+            limit,
+            after,
+            start_ms: start,
+            end_ms: end,
         };
-        if let Some(start) = start {
-            from = from.max(RecordId::new(start, 0));
-        }
-        let to = end.map_or(RecordId::MAX, |end| RecordId::new(end, u64::MAX));
-        let stored = store.read(shard, from, to, limit + 1).await?;
-        let mut has_more = stored.len() > limit;
-        let mut records = Vec::with_capacity(stored.len().min(limit));
-        let mut bytes = 0;
-        for entry in stored.iter().take(limit) {
-            let size: usize = entry.pieces.iter().map(Bytes::len).sum();
-            if !records.is_empty() && bytes + size > MAX_SYNC_BYTES {
-                has_more = true;
-                break;
-            }
-            bytes += size;
-            records.push(entry.decode()?);
-        }
-        let batch = SyncBatch {
-            next_id: records.last().and_then(|r: &Record| r.id),
-            records,
-            has_more,
-        };
+        let batch = read_batch(self.state.store.as_ref(), &request, MAX_SYNC_BYTES).await?;
         Ok(encode(req.headers(), StatusCode::OK, &batch))
     }
 
@@ -429,6 +410,13 @@ impl Api {
             }
             body["records_stored"] = json!(stored);
         }
+        if let Some(client) = &state.mqtt {
+            body["mqtt"] = json!({
+                "broker": client.broker(),
+                "client_id": client.client_id(),
+                "connected": client.is_connected(),
+            });
+        }
         if let Some(rec) = &state.recorder {
             body["recording"] = json!({
                 "submitted": rec.submitted.load(Ordering::Relaxed),
@@ -450,7 +438,9 @@ impl Api {
             body["playback"] = json!({
                 "peer": pb.peer_addr,
                 "peer_id": pb.peer_id,
-                "transport": if pb.peer_addr.is_some() { Some("http") } else { None },
+                "transport": s.transport().map(|t| t.as_str()),
+                "notifications": s.notifications.load(Ordering::Relaxed),
+                "mqtt_commits": s.mqtt_commits.load(Ordering::Relaxed),
                 "matched": matched,
                 "mismatched": mismatched,
                 "failed": s.failed.load(Ordering::Relaxed),

@@ -84,6 +84,8 @@ pub struct Config {
     pub service_discovery: Option<ServiceDiscoveryConfig>,
     #[serde(default)]
     pub logging: LoggingConfig,
+    #[serde(default)]
+    pub mqtt: Option<MqttSection>,
 }
 
 fn default_data_dir() -> PathBuf {
@@ -366,6 +368,75 @@ pub enum LogFormat {
     Json,
 }
 
+/// The `mqtt` section: the sync fabric's broker and this node's client.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MqttSection {
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// The broker; with `embedded_broker` on, defaults to it.
+    #[serde(default)]
+    pub host: Option<String>,
+    #[serde(default)]
+    pub port: Option<u16>,
+    /// Default: `qproxy-record` / `qproxy-playback-<peer_id>`.
+    #[serde(default)]
+    pub client_id: Option<String>,
+    /// Seconds.
+    #[serde(default = "default_keep_alive")]
+    pub keep_alive: u64,
+    /// MQTT user name.
+    #[serde(default)]
+    pub app_id: Option<String>,
+    /// MQTT password.
+    #[serde(default)]
+    pub token: Option<String>,
+    /// Every topic starts with this.
+    #[serde(default = "default_topic_prefix")]
+    pub topic_prefix: String,
+    /// How long a Playback node waits for a batch by MQTT before it pulls
+    /// over HTTP instead.
+    #[serde(default = "default_query_timeout_ms")]
+    pub query_timeout_ms: u64,
+    /// Largest batch answered over MQTT; a larger one goes over HTTP.
+    #[serde(default = "default_max_batch_bytes")]
+    pub max_batch_bytes: usize,
+    #[serde(default)]
+    pub embedded_broker: Option<EmbeddedBrokerConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EmbeddedBrokerConfig {
+    #[serde(default)]
+    pub enabled: bool,
+    #[serde(default = "default_host")]
+    pub host: String,
+    #[serde(default = "default_mqtt_port")]
+    pub port: u16,
+}
+
+impl MqttSection {
+    pub fn embedded(&self) -> Option<&EmbeddedBrokerConfig> {
+        self.embedded_broker.as_ref().filter(|b| b.enabled)
+    }
+
+    /// Where the client connects.
+    pub fn broker_addr(&self) -> (String, u16) {
+        let embedded = self.embedded();
+        let host = self
+            .host
+            .clone()
+            .or_else(|| embedded.map(|b| b.host.clone()))
+            .unwrap_or_else(default_host);
+        let port = self
+            .port
+            .or_else(|| embedded.map(|b| b.port))
+            .unwrap_or_else(default_mqtt_port);
+        (host, port)
+    }
+}
+
 /// A downstream base URL: `http://host:port` with an optional path prefix.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Downstream {
@@ -416,6 +487,21 @@ impl<'de> Deserialize<'de> for Downstream {
     }
 }
 
+fn default_keep_alive() -> u64 {
+    30
+}
+fn default_topic_prefix() -> String {
+    "qproxy".into()
+}
+fn default_query_timeout_ms() -> u64 {
+    2_000
+}
+fn default_max_batch_bytes() -> usize {
+    4 << 20
+}
+fn default_mqtt_port() -> u16 {
+    1883
+}
 fn yes() -> bool {
     true
 }
@@ -508,6 +594,10 @@ impl Config {
         Ok(config)
     }
 
+    pub fn mqtt_enabled(&self) -> bool {
+        self.mqtt.as_ref().is_some_and(|m| m.enabled)
+    }
+
     /// One line about what this config runs, with no secret in it.
     pub fn summary(&self) -> String {
         let http = self
@@ -574,11 +664,11 @@ impl Config {
             ));
         }
         if self.mode == Mode::Playback && self.sync.enabled {
-            if self.sync.peer.is_none() {
+            if self.sync.peer.is_none() && !self.mqtt_enabled() {
                 return Err(invalid(
                     "sync.peer",
                     "a Playback node with sync.enabled needs the Record node's api address, \
-                     e.g. {\"host\": \"127.0.0.1\", \"port\": 8084}"
+                     e.g. {\"host\": \"127.0.0.1\", \"port\": 8084}, or an mqtt section"
                         .into(),
                 ));
             }
@@ -624,6 +714,21 @@ impl Config {
                 return Err(invalid(
                     "record.shard_key_header",
                     format!("`{header}` is not a valid header name"),
+                ));
+            }
+        }
+        if let Some(mqtt) = self.mqtt.as_ref().filter(|m| m.enabled) {
+            let prefix = &mqtt.topic_prefix;
+            if prefix.is_empty() || prefix.contains(['+', '#']) || prefix.ends_with('/') {
+                return Err(invalid(
+                    "mqtt.topic_prefix",
+                    format!("`{prefix}`: use a non-empty topic without + or # and no trailing /"),
+                ));
+            }
+            if mqtt.token.is_some() && mqtt.app_id.is_none() {
+                return Err(invalid(
+                    "mqtt.token",
+                    "goes with mqtt.app_id (the MQTT user name)".into(),
                 ));
             }
         }

@@ -9,4 +9,4 @@ mod runner;
 pub use compare::compare_http;
 pub use replay::{Replayer, REPLAY_ID_HEADER, REPLAY_SHARD_HEADER};
 pub use result::{Outcome, ReplayResult};
-pub use runner::{PlaybackStats, SyncRunner};
+pub use runner::{PlaybackStats, SyncLink, SyncRunner, Transport};

@@ -1,15 +1,22 @@
 //! The pull loop: one task per shard, shards in parallel, records of a
 //! shard one by one in id order.
 //!
-//! One round: pull a batch after the committed checkpoint → replay what was
+//! A shard pulls again at once while records wait, otherwise when its MQTT
+//! notification arrives or `sync.interval` has passed. Batches come by MQTT
+//! query when the broker is there, else (or when the query fails) by
+//! `GET /sync`; commits go as QoS 1 messages, else by `POST /commit`.
+//!
+//! One round: pull a batch after the last commit → replay what was
 //! not replayed yet → store the results and the "replayed up to" mark in one
 //! write → commit. A crash before the local write replays that batch's
 //! records again (each carries `X-QProxy-Replay-Id`); a crash after it only
 //! repeats the commit. A committed record is never replayed again.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
+
+use tokio::sync::Notify;
 
 use metrics::{counter, gauge};
 use tokio::task::JoinHandle;
@@ -18,9 +25,12 @@ use tracing::{debug, info, warn};
 
 use super::{Outcome, ReplayResult, Replayer};
 use crate::metrics as m;
+use crate::record::RecordId;
 use crate::store::{Store, StoreError};
 use crate::sync::client::{PeerClient, PeerError};
-use crate::sync::{CommitRequest, CommitStatus, ShardId};
+use crate::sync::mqtt::MqttLink;
+use crate::sync::source::PullRequest;
+use crate::sync::{CommitRequest, CommitStatus, ShardId, SyncBatch};
 
 #[derive(Debug, Default)]
 pub struct PlaybackStats {
@@ -34,9 +44,37 @@ pub struct PlaybackStats {
     pub last_sync_ms: AtomicU64,
     /// The last round of some shard succeeded (false after a failure).
     pub sync_ok: AtomicBool,
+    /// The transport of the last pull: 0 none yet, 1 MQTT, 2 HTTP.
+    pub transport: AtomicU8,
+    pub notifications: Arc<AtomicU64>,
+    pub mqtt_commits: AtomicU64,
+}
+
+/// How a batch or a commit travelled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    Mqtt = 1,
+    Http = 2,
+}
+
+impl Transport {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Transport::Mqtt => "mqtt",
+            Transport::Http => "http",
+        }
+    }
 }
 
 impl PlaybackStats {
+    pub fn transport(&self) -> Option<Transport> {
+        match self.transport.load(Ordering::Relaxed) {
+            1 => Some(Transport::Mqtt),
+            2 => Some(Transport::Http),
+            _ => None,
+        }
+    }
+
     pub fn count(&self, results: &[ReplayResult]) {
         for r in results {
             let counter = match r.outcome {
@@ -56,10 +94,81 @@ enum RoundError {
     Peer(#[from] PeerError),
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error("mqtt: {0} (and no HTTP peer to fall back to)")]
+    Mqtt(String),
+}
+
+/// The ways to the Record node: MQTT first when connected, HTTP otherwise.
+pub struct SyncLink {
+    pub http: Option<PeerClient>,
+    pub mqtt: Option<MqttLink>,
+}
+
+impl SyncLink {
+    pub fn describe(&self) -> String {
+        match (&self.http, &self.mqtt) {
+            (Some(h), Some(m)) => {
+                format!("mqtt {} with http {} fallback", m.client.broker(), h.addr())
+            }
+            (Some(h), None) => format!("http {}", h.addr()),
+            (None, Some(m)) => format!("mqtt {}", m.client.broker()),
+            (None, None) => "nothing".into(),
+        }
+    }
+
+    async fn pull(&self, request: &PullRequest) -> Result<(SyncBatch, Transport), RoundError> {
+        let mut mqtt_error = None;
+        if let Some(mqtt) = self.mqtt.as_ref().filter(|m| m.is_connected()) {
+            match mqtt.pull(request).await {
+                Ok(batch) => return Ok((batch, Transport::Mqtt)),
+                Err(e) => {
+                    debug!(shard = request.shard, error = %e, "mqtt pull failed; trying http");
+                    mqtt_error = Some(e);
+                }
+            }
+        }
+        match &self.http {
+            Some(http) => {
+                let batch = http
+                    .pull(
+                        &request.peer_id,
+                        request.shard,
+                        request.limit,
+                        request.after,
+                    )
+                    .await?;
+                Ok((batch, Transport::Http))
+            }
+            None => Err(RoundError::Mqtt(
+                mqtt_error.unwrap_or_else(|| "not connected".into()),
+            )),
+        }
+    }
+
+    async fn commit(&self, commit: &CommitRequest) -> Result<Transport, RoundError> {
+        let mut mqtt_error = None;
+        if let Some(mqtt) = self.mqtt.as_ref().filter(|m| m.is_connected()) {
+            match mqtt.commit(commit).await {
+                Ok(()) => return Ok(Transport::Mqtt),
+                Err(e) => mqtt_error = Some(e.to_string()),
+            }
+        }
+        match &self.http {
+            Some(http) => {
+                http.commit(commit).await?;
+                Ok(Transport::Http)
+            }
+            None => Err(RoundError::Mqtt(
+                mqtt_error.unwrap_or_else(|| "not connected".into()),
+            )),
+        }
+    }
 }
 
 pub struct SyncRunner {
-    pub peer: PeerClient,
+    pub link: SyncLink,
+    /// One per shard: notified when the shard's MQTT notification arrives.
+    pub wake: Arc<[Notify]>,
     pub replayer: Arc<Replayer>,
     pub store: Arc<dyn Store>,
     pub stats: Arc<PlaybackStats>,
@@ -73,7 +182,7 @@ pub struct SyncRunner {
 impl SyncRunner {
     /// Starts one task per shard; they stop when `shutdown` is cancelled.
     pub fn spawn(self: Arc<Self>, shutdown: CancellationToken) -> Vec<JoinHandle<()>> {
-        info!(peer = %self.peer.addr(), peer_id = %self.peer_id, shards = self.shards, "playback sync started");
+        info!(link = %self.link.describe(), peer_id = %self.peer_id, shards = self.shards, "playback sync started");
         (0..self.shards)
             .map(|shard| {
                 let runner = self.clone();
@@ -85,19 +194,23 @@ impl SyncRunner {
 
     async fn run_shard(&self, shard: u32, shutdown: CancellationToken) {
         let mut failures = 0u32;
+        // After the first commit of this run, pull after it rather than
+        // after the Record node's checkpoint: an MQTT commit may still be
+        // on its way there.
+        let mut cursor: Option<RecordId> = None;
         loop {
             let round = tokio::select! {
-                r = self.round(shard) => r,
+                r = self.round(shard, cursor) => r,
                 _ = shutdown.cancelled() => return,
             };
             self.stats.sync_ok.store(round.is_ok(), Ordering::Relaxed);
             let pause = match round {
-                Ok(true) => {
+                Ok((more, last)) => {
                     failures = 0;
-                    continue;
-                }
-                Ok(false) => {
-                    failures = 0;
+                    cursor = last.or(cursor);
+                    if more {
+                        continue;
+                    }
                     self.interval
                 }
                 Err(e) => {
@@ -115,17 +228,38 @@ impl SyncRunner {
             };
             tokio::select! {
                 _ = tokio::time::sleep(pause) => {}
+                _ = self.wake[shard as usize].notified() => {}
                 _ = shutdown.cancelled() => return,
             }
         }
     }
 
-    /// One pull → replay → save → commit; true when more records wait.
-    async fn round(&self, shard: u32) -> Result<bool, RoundError> {
-        let batch = self
-            .peer
-            .pull(&self.peer_id, shard, self.batch_size, None)
-            .await?;
+    /// One pull → replay → save → commit; says whether more records wait,
+    /// and the id committed.
+    async fn round(
+        &self,
+        shard: u32,
+        after: Option<RecordId>,
+    ) -> Result<(bool, Option<RecordId>), RoundError> {
+        let request = PullRequest {
+            peer_id: self.peer_id.clone(),
+            shard,
+            limit: self.batch_size,
+            after,
+            start_ms: None,
+            end_ms: None,
+        };
+        let (batch, transport) = self.link.pull(&request).await?;
+        self.stats
+            .transport
+            .store(transport as u8, Ordering::Relaxed);
+        for t in [Transport::Mqtt, Transport::Http] {
+            gauge!(m::SYNC_TRANSPORT, "transport" => t.as_str()).set(if t == transport {
+                1.0
+            } else {
+                0.0
+            });
+        }
         self.stats.pulls.fetch_add(1, Ordering::Relaxed);
         counter!(m::SYNC_PULLS_TOTAL).increment(1);
         self.stats
@@ -134,7 +268,7 @@ impl SyncRunner {
         let shard_label = shard.to_string();
         let Some(last) = batch.next_id else {
             gauge!(m::SYNC_LAG_SECONDS, "shard" => shard_label).set(0.0);
-            return Ok(false);
+            return Ok((false, None));
         };
         let done = self.store.replayed_upto(&self.peer_id, shard).await?;
         let mut results = Vec::with_capacity(batch.records.len());
@@ -172,10 +306,14 @@ impl SyncRunner {
             retry_count: 0,
             error_message: String::new(),
         };
-        self.peer.commit(&commit).await?;
+        let transport = self.link.commit(&commit).await?;
         self.stats.commits.fetch_add(1, Ordering::Relaxed);
-        counter!(m::COMMITS_TOTAL, "transport" => "http").increment(1);
-        debug!(shard, replayed = results.len(), last = %last, "batch committed");
-        Ok(batch.has_more)
+        if transport == Transport::Mqtt {
+            self.stats.mqtt_commits.fetch_add(1, Ordering::Relaxed);
+        }
+        counter!(m::COMMITS_TOTAL, "transport" => transport.as_str(), "result" => "sent")
+            .increment(1);
+        debug!(shard, replayed = results.len(), last = %last, via = transport.as_str(), "batch committed");
+        Ok((batch.has_more, Some(last)))
     }
 }

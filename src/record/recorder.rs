@@ -24,6 +24,7 @@ use crate::config::RecordConfig;
 use crate::metrics as m;
 use crate::proxy::headers::is_hop_by_hop;
 use crate::store::{NewRecord, Store};
+use crate::sync::mqtt::ShardSignal;
 
 /// Counters shown by `/api/status` and `/health`.
 #[derive(Debug, Default)]
@@ -56,6 +57,8 @@ struct Writer {
     batch_size: usize,
     spool_capacity: usize,
     spool: VecDeque<NewRecord>,
+    /// Told about every written record (for MQTT notifications).
+    signal: Option<Arc<ShardSignal>>,
 }
 
 /// How long the writer keeps trying to flush after the last sender is gone.
@@ -68,6 +71,7 @@ impl Recorder {
         store: Arc<dyn Store>,
         config: &RecordConfig,
         shards: u32,
+        signal: Option<Arc<ShardSignal>>,
     ) -> (Recorder, JoinHandle<()>) {
         let (tx, rx) = mpsc::channel(config.queue_capacity);
         let stats = Arc::new(RecorderStats::default());
@@ -84,6 +88,7 @@ impl Recorder {
             batch_size: config.batch_size,
             spool_capacity: config.spool_capacity,
             spool: VecDeque::new(),
+            signal,
         };
         let handle = tokio::spawn(writer.run());
         (
@@ -230,6 +235,11 @@ impl Writer {
             match result {
                 Ok(ids) => {
                     histogram!(m::RECORD_BATCH_SECONDS).record(started.elapsed().as_secs_f64());
+                    if let Some(signal) = &self.signal {
+                        for (record, id) in self.spool.iter().zip(&ids) {
+                            signal.written(record.shard, *id);
+                        }
+                    }
                     self.spool.drain(..n);
                     self.stats.written.fetch_add(n as u64, Ordering::Relaxed);
                     counter!(m::RECORDS_TOTAL, "protocol" => "http").increment(n as u64);

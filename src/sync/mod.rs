@@ -5,6 +5,8 @@
 //! [`client`] (pulling).
 
 pub mod client;
+pub mod mqtt;
+pub mod source;
 
 use std::fmt;
 

@@ -1,0 +1,346 @@
+//! The MQTT sync fabric: both nodes dial out to one broker.
+//!
+//! Topics, under `mqtt.topic_prefix` (default `qproxy`):
+//! - `<prefix>/notify/<shard>` — Record → Playback, QoS 0, small JSON: a
+//!   shard has new records (coalesced: one per shard per flush of the
+//!   notifier, however many batches were written meanwhile).
+//! - `<prefix>/query` — Playback → Record query envelope holding a
+//!   MessagePack [`PullRequest`]; the answer is a MessagePack [`SyncBatch`].
+//! - `<prefix>/commit` — Playback → Record, QoS 1, JSON [`CommitRequest`].
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use metrics::counter;
+use serde::{Deserialize, Serialize};
+use tokio::sync::{broadcast, Notify};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
+
+use super::source::{read_batch, PullRequest};
+use super::{Checkpoint, CommitRequest, SyncBatch};
+use crate::config::valid_peer_id;
+use crate::metrics as m;
+use crate::mqtt_client::{MqttClient, MqttError, QoS, QueryHandler};
+use crate::record::RecordId;
+use crate::store::Store;
+
+#[derive(Debug, Clone)]
+pub struct Topics {
+    prefix: String,
+}
+
+impl Topics {
+    pub fn new(prefix: &str) -> Topics {
+        Topics {
+            prefix: prefix.to_string(),
+        }
+    }
+
+    pub fn notify(&self, shard: u32) -> String {
+        format!("{}/notify/{shard}", self.prefix)
+    }
+
+    pub fn notify_filter(&self) -> String {
+        format!("{}/notify/+", self.prefix)
+    }
+
+    /// The shard a notification topic names, if it is one.
+    pub fn shard_of_notify(&self, topic: &str) -> Option<u32> {
+        topic
+            .strip_prefix(&self.prefix)?
+            .strip_prefix("/notify/")?
+            .parse()
+            .ok()
+    }
+
+    pub fn query(&self) -> String {
+        format!("{}/query", self.prefix)
+    }
+
+    pub fn commit(&self) -> String {
+        format!("{}/commit", self.prefix)
+    }
+}
+
+/// A notification, as `mosquitto_sub` shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Notification {
+    pub shard: u32,
+    pub last_id: RecordId,
+    /// Records written since the previous notification of this shard.
+    pub records: u64,
+}
+
+/// Which shards have new records since they were last announced.
+pub struct ShardSignal {
+    pending: Mutex<Vec<Option<(RecordId, u64)>>>,
+    notify: Notify,
+}
+
+impl ShardSignal {
+    pub fn new(shards: u32) -> ShardSignal {
+        ShardSignal {
+            pending: Mutex::new(vec![None; shards as usize]),
+            notify: Notify::new(),
+        }
+    }
+
+    /// The writer wrote `id` on `shard`.
+    pub fn written(&self, shard: u32, id: RecordId) {
+        {
+            let mut pending = self.pending.lock().expect("signal lock");
+            if let Some(slot) = pending.get_mut(shard as usize) {
+                let count = slot.map_or(0, |(_, n)| n);
+                *slot = Some((id, count + 1));
+            }
+        }
+        self.notify.notify_one();
+    }
+
+    /// Waits for news, then takes all of it.
+    pub async fn take(&self) -> Vec<Notification> {
+        self.notify.notified().await;
+        let mut pending = self.pending.lock().expect("signal lock");
+        pending
+            .iter_mut()
+            .enumerate()
+            .filter_map(|(shard, slot)| {
+                slot.take().map(|(last_id, records)| Notification {
+                    shard: shard as u32,
+                    last_id,
+                    records,
+                })
+            })
+            .collect()
+    }
+}
+
+/// Record side: answers queries, applies commits, announces new records.
+pub async fn serve_record_side(
+    client: Arc<MqttClient>,
+    store: Arc<dyn Store>,
+    topics: Topics,
+    signal: Arc<ShardSignal>,
+    shards: u32,
+    max_batch_bytes: usize,
+    shutdown: CancellationToken,
+) -> Result<Vec<JoinHandle<()>>, MqttError> {
+    let query_store = store.clone();
+    let handler: QueryHandler = Arc::new(move |payload: Bytes| {
+        let store = query_store.clone();
+        Box::pin(
+            async move { answer_pull(store.as_ref(), &payload, shards, max_batch_bytes).await },
+        )
+    });
+    client.serve_queries(topics.query(), handler).await?;
+
+    let mut messages = client.messages();
+    client.subscribe(topics.commit(), QoS::AtLeastOnce).await?;
+    let commit_topic = topics.commit();
+    let stop = shutdown.clone();
+    let commits = tokio::spawn(async move {
+        loop {
+            let message = tokio::select! {
+                m = messages.recv() => m,
+                _ = stop.cancelled() => return,
+            };
+            match message {
+                Ok(message) if message.topic == commit_topic => {
+                    apply_commit(store.as_ref(), &message.payload, shards).await;
+                }
+                Ok(_) => {}
+                Err(broadcast::error::RecvError::Lagged(n)) => {
+                    warn!(missed = n, "mqtt commits arrived faster than they were applied; later commits cover them")
+                }
+                Err(broadcast::error::RecvError::Closed) => return,
+            }
+        }
+    });
+
+    let notifier = tokio::spawn(async move {
+        loop {
+            let news = tokio::select! {
+                n = signal.take() => n,
+                _ = shutdown.cancelled() => return,
+            };
+            for note in news {
+                let json = serde_json::to_vec(&note).expect("notifications always encode");
+                match client.try_publish(
+                    topics.notify(note.shard),
+                    Bytes::from(json),
+                    QoS::AtMostOnce,
+                ) {
+                    Ok(()) => counter!(m::MQTT_NOTIFICATIONS_TOTAL).increment(1),
+                    Err(e) => debug!(shard = note.shard, error = %e, "notification not sent"),
+                }
+            }
+        }
+    });
+    Ok(vec![commits, notifier])
+}
+
+async fn answer_pull(
+    store: &dyn Store,
+    payload: &[u8],
+    shards: u32,
+    max_batch_bytes: usize,
+) -> Result<Bytes, String> {
+    let request: PullRequest =
+        rmp_serde::from_slice(payload).map_err(|e| format!("not a pull request: {e}"))?;
+    if request.shard >= shards {
+        return Err(format!(
+            "shard {} is out of range (0 to {})",
+            request.shard,
+            shards - 1
+        ));
+    }
+    if !valid_peer_id(&request.peer_id) {
+        return Err(format!("peer_id `{}` is not valid", request.peer_id));
+    }
+    let batch = read_batch(store, &request, max_batch_bytes)
+        .await
+        .map_err(|e| e.to_string())?;
+    let encoded = rmp_serde::to_vec_named(&batch).expect("batches always encode");
+    if encoded.len() > max_batch_bytes.saturating_add(64 << 10) {
+        return Err(format!(
+            "the next record alone is {} bytes, over mqtt.max_batch_bytes; pull it over HTTP",
+            encoded.len()
+        ));
+    }
+    Ok(Bytes::from(encoded))
+}
+
+async fn apply_commit(store: &dyn Store, payload: &[u8], shards: u32) {
+    let commit: CommitRequest = match serde_json::from_slice(payload) {
+        Ok(c) => c,
+        Err(e) => {
+            warn!(error = %e, "ignoring a malformed mqtt commit");
+            counter!(m::COMMITS_TOTAL, "transport" => "mqtt", "result" => "malformed").increment(1);
+            return;
+        }
+    };
+    if commit.shard_id.0 >= shards || !valid_peer_id(&commit.peer_id) {
+        warn!(peer = %commit.peer_id, shard = commit.shard_id.0, "ignoring an mqtt commit for an unknown shard or a bad peer id");
+        counter!(m::COMMITS_TOTAL, "transport" => "mqtt", "result" => "malformed").increment(1);
+        return;
+    }
+    let checkpoint = Checkpoint::from_commit(&commit, crate::clock::now_ms());
+    match store.commit(checkpoint).await {
+        Ok(_) => counter!(m::COMMITS_TOTAL, "transport" => "mqtt", "result" => "ok").increment(1),
+        // The peer commits again with its next batch; the position only moves on.
+        Err(e) => warn!(error = %e, peer = %commit.peer_id, "cannot store an mqtt commit"),
+    }
+}
+
+/// Playback side: pulls by query and commits with QoS 1.
+pub struct MqttLink {
+    pub client: Arc<MqttClient>,
+    pub topics: Topics,
+}
+
+impl MqttLink {
+    pub fn is_connected(&self) -> bool {
+        self.client.is_connected()
+    }
+
+    pub async fn pull(&self, request: &PullRequest) -> Result<SyncBatch, String> {
+        let payload = rmp_serde::to_vec_named(request).expect("pull requests always encode");
+        let answer = self
+            .client
+            .query(self.topics.query(), Bytes::from(payload))
+            .await
+            .map_err(|e| e.to_string())?;
+        rmp_serde::from_slice(&answer).map_err(|e| format!("mqtt batch cannot be decoded: {e}"))
+    }
+
+    pub async fn commit(&self, commit: &CommitRequest) -> Result<(), MqttError> {
+        let json = serde_json::to_vec(commit).expect("commits always encode");
+        self.client
+            .publish(self.topics.commit(), Bytes::from(json), QoS::AtLeastOnce)
+            .await
+    }
+}
+
+/// Wakes a shard's pull loop when its notification arrives.
+pub async fn spawn_wakeups(
+    client: Arc<MqttClient>,
+    topics: Topics,
+    wake: Arc<[Notify]>,
+    notifications: Arc<AtomicU64>,
+    shutdown: CancellationToken,
+) -> Result<JoinHandle<()>, MqttError> {
+    let mut messages = client.messages();
+    client
+        .subscribe(topics.notify_filter(), QoS::AtMostOnce)
+        .await?;
+    Ok(tokio::spawn(async move {
+        loop {
+            let message = tokio::select! {
+                m = messages.recv() => m,
+                _ = shutdown.cancelled() => return,
+            };
+            match message {
+                Ok(message) => {
+                    if let Some(shard) = topics.shard_of_notify(&message.topic) {
+                        if let Some(w) = wake.get(shard as usize) {
+                            notifications.fetch_add(1, Ordering::Relaxed);
+                            w.notify_one();
+                        }
+                    }
+                }
+                // Missed some: wake every shard rather than miss one.
+                Err(broadcast::error::RecvError::Lagged(_)) => {
+                    wake.iter().for_each(Notify::notify_one)
+                }
+                Err(broadcast::error::RecvError::Closed) => return,
+            }
+        }
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn topics() {
+        let t = Topics::new("qp/zone-a");
+        assert_eq!(t.notify(3), "qp/zone-a/notify/3");
+        assert_eq!(t.notify_filter(), "qp/zone-a/notify/+");
+        assert_eq!(t.shard_of_notify("qp/zone-a/notify/3"), Some(3));
+        assert_eq!(t.shard_of_notify("qp/zone-a/notify/x"), None);
+        assert_eq!(t.shard_of_notify("other/notify/3"), None);
+        assert_eq!(t.query(), "qp/zone-a/query");
+        assert_eq!(t.commit(), "qp/zone-a/commit");
+    }
+
+    #[tokio::test]
+    async fn signals_coalesce_per_shard() {
+        let signal = ShardSignal::new(3);
+        signal.written(0, RecordId::new(1, 0));
+        signal.written(0, RecordId::new(1, 1));
+        signal.written(2, RecordId::new(2, 0));
+        signal.written(9, RecordId::new(3, 0));
+        let news = signal.take().await;
+        assert_eq!(
+            news,
+            vec![
+                Notification {
+                    shard: 0,
+                    last_id: RecordId::new(1, 1),
+                    records: 2
+                },
+                Notification {
+                    shard: 2,
+                    last_id: RecordId::new(2, 0),
+                    records: 1
+                },
+            ]
+        );
+        let json = serde_json::to_string(&news[0]).unwrap();
+        assert_eq!(json, r#"{"shard":0,"last_id":"1-1","records":2}"#);
+    }
+}
