@@ -10,7 +10,7 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -107,6 +107,8 @@ struct Shared {
     messages: broadcast::Sender<Message>,
     connected: watch::Sender<bool>,
     last_error: Mutex<Option<String>>,
+    /// QoS 1/2 publishes handed to the event loop and not yet acknowledged.
+    unacked: AtomicI64,
 }
 
 struct Running {
@@ -134,6 +136,7 @@ impl MqttClient {
             messages,
             connected,
             last_error: Mutex::new(None),
+            unacked: AtomicI64::new(0),
         });
         MqttClient {
             config,
@@ -232,6 +235,9 @@ impl MqttClient {
         self.client()?
             .publish_bytes(topic, qos.into(), false, payload)
             .await?;
+        if qos != QoS::AtMostOnce {
+            self.shared.unacked.fetch_add(1, Ordering::Relaxed);
+        }
         Ok(())
     }
 
@@ -335,8 +341,17 @@ impl MqttClient {
         self.subscribe(filter, QoS::AtMostOnce).await
     }
 
-    /// Sends DISCONNECT (the broker keeps a persistent session) and stops.
+    /// Waits (up to 2 s) for the broker to acknowledge what was published
+    /// with QoS 1/2, sends DISCONNECT (the broker keeps a persistent
+    /// session) and stops.
     pub async fn disconnect(&mut self) -> Result<(), MqttError> {
+        let until = tokio::time::Instant::now() + Duration::from_secs(2);
+        while self.is_connected()
+            && self.shared.unacked.load(Ordering::Relaxed) > 0
+            && tokio::time::Instant::now() < until
+        {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
         if let Some(running) = self.running.take() {
             let _ = running.client.disconnect().await;
             let stopping = running.task;
@@ -347,7 +362,7 @@ impl MqttClient {
                 debug!(broker = %self.shared.broker, "mqtt event loop did not stop in time");
             }
         }
-        let _ = self.shared.connected.send(false);
+        let _ = self.shared.connected.send_replace(false);
         Ok(())
     }
 
@@ -355,7 +370,7 @@ impl MqttClient {
         if let Some(running) = self.running.take() {
             running.task.abort();
         }
-        let _ = self.shared.connected.send(false);
+        let _ = self.shared.connected.send_replace(false);
     }
 }
 
@@ -395,16 +410,19 @@ async fn run(
                         }
                     }
                 }
-                let _ = shared.connected.send(true);
+                let _ = shared.connected.send_replace(true);
             }
             Ok(Event::Incoming(Packet::Publish(publish))) => dispatch(&shared, &client, publish),
+            Ok(Event::Incoming(Packet::PubAck(_) | Packet::PubComp(_))) => {
+                shared.unacked.fetch_sub(1, Ordering::Relaxed);
+            }
             Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) => {
-                let _ = shared.connected.send(false);
+                let _ = shared.connected.send_replace(false);
                 return;
             }
             Ok(_) => {}
             Err(e) => {
-                let _ = shared.connected.send(false);
+                let _ = shared.connected.send_replace(false);
                 let reason = e.to_string();
                 if failures == 0 {
                     warn!(broker = %shared.broker, error = %reason, "mqtt connection lost; reconnecting");

@@ -5,6 +5,8 @@
 mod support;
 
 mod config_test;
+mod mqtt_integration_test;
+mod mqtt_test;
 mod playback_test;
 mod proxy_test;
 mod record_test;

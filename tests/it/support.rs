@@ -485,3 +485,96 @@ pub async fn checkpoints(api: SocketAddr, peer: &str) -> HashMap<u64, String> {
         })
         .collect()
 }
+
+// ---------------------------------------------------------------- MQTT
+
+/// A Mosquitto broker on a free port (or a given one), optionally with one
+/// user; killed on drop.
+pub struct Mosquitto {
+    pub port: u16,
+    child: Option<Child>,
+    dir: tempfile::TempDir,
+}
+
+impl Mosquitto {
+    pub fn start(user: Option<(&str, &str)>) -> Mosquitto {
+        Mosquitto::start_on(free_port(), user)
+    }
+
+    pub fn start_on(port: u16, user: Option<(&str, &str)>) -> Mosquitto {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut conf = format!(
+            "listener {port} 127.0.0.1\npersistence false\nuser root\nmax_queued_messages 100000\n"
+        );
+        match user {
+            Some((name, password)) => {
+                let file = dir.path().join("passwd");
+                let status = Command::new("mosquitto_passwd")
+                    .arg("-c")
+                    .arg("-b")
+                    .arg(&file)
+                    .args([name, password])
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .status()
+                    .unwrap_or_else(|e| {
+                        panic!(
+                            "cannot run mosquitto_passwd ({e}); install mosquitto — .ci/run does"
+                        )
+                    });
+                assert!(status.success(), "mosquitto_passwd failed");
+                conf.push_str(&format!(
+                    "allow_anonymous false\npassword_file {}\n",
+                    file.display()
+                ));
+            }
+            None => conf.push_str("allow_anonymous true\n"),
+        }
+        std::fs::write(dir.path().join("mosquitto.conf"), conf).unwrap();
+        let mut broker = Mosquitto {
+            port,
+            child: None,
+            dir,
+        };
+        broker.spawn();
+        broker
+    }
+
+    fn spawn(&mut self) {
+        let child = Command::new("mosquitto")
+            .arg("-c")
+            .arg(self.dir.path().join("mosquitto.conf"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot run mosquitto ({e}); install it (apt-get install mosquitto) — .ci/run does"));
+        self.child = Some(child);
+        let until = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(
+                Instant::now() < until,
+                "mosquitto on port {} does not accept connections",
+                self.port
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    pub fn restart(&mut self) {
+        self.stop();
+        self.spawn();
+    }
+}
+
+impl Drop for Mosquitto {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
