@@ -6,7 +6,7 @@
 //! lives as long as the process.
 
 use std::collections::HashMap;
-use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
+use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
 use std::time::{Duration, Instant};
 
 use tracing::info;
@@ -78,7 +78,9 @@ pub fn start(
 
     let waited = Duration::from_secs(5);
     let until = Instant::now() + waited;
-    while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
+    // Listening is seen by the port being taken, not by connecting: rumqttd
+    // logs an error for every probe connection that leaves.
+    while !port_taken(addr) {
         if Instant::now() > until {
             return Err(BrokerError::NotListening { addr, waited });
         }
@@ -86,4 +88,8 @@ pub fn start(
     }
     info!(%addr, auth = user.is_some(), "embedded MQTT broker listening");
     Ok(EmbeddedBroker { addr })
+}
+
+fn port_taken(addr: SocketAddr) -> bool {
+    matches!(TcpListener::bind(addr), Err(e) if e.kind() == std::io::ErrorKind::AddrInUse)
 }

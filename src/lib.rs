@@ -28,6 +28,7 @@ pub mod api;
 pub mod broker;
 pub mod clock;
 pub mod config;
+pub mod demo;
 pub mod metrics;
 pub mod mqtt_client;
 pub mod node;

@@ -35,10 +35,28 @@ struct Cli {
     /// Check the configuration file, print a summary and exit.
     #[arg(short = 't', long = "check-config")]
     check_config: bool,
+
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum Command {
+    /// Run a Record and a Playback node, an embedded MQTT broker and two
+    /// sample services in this process, send sample traffic, and show what
+    /// was recorded, replayed and matched. Needs nothing installed.
+    Demo {
+        /// Let the system pick every port instead of 8080/8084/1883/9080/9084.
+        #[arg(long)]
+        any_ports: bool,
+    },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(Command::Demo { any_ports }) = cli.command {
+        return demo(&cli, any_ports);
+    }
     let config = match Config::load(&cli.config) {
         Ok(config) => config,
         Err(e) => {
@@ -63,7 +81,7 @@ fn main() -> ExitCode {
         );
         return ExitCode::SUCCESS;
     }
-    init_tracing(&cli, &config);
+    init_tracing(&cli, &config.logging);
     if cli.verbose {
         tracing::info!(
             "configuration loaded from {}: {}",
@@ -101,13 +119,53 @@ fn main() -> ExitCode {
     })
 }
 
-fn init_tracing(cli: &Cli, config: &Config) {
+fn demo(cli: &Cli, any_ports: bool) -> ExitCode {
+    let logging = qproxy::config::LoggingConfig {
+        level: Some("warn".into()),
+        ..Default::default()
+    };
+    init_tracing(cli, &logging);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build();
+    let Ok(runtime) = runtime else {
+        eprintln!("qproxy: cannot start the runtime");
+        return ExitCode::FAILURE;
+    };
+    runtime.block_on(async move {
+        let token = tokio_util::sync::CancellationToken::new();
+        let stop = token.clone();
+        tokio::spawn(async move {
+            shutdown_signal().await;
+            stop.cancel();
+        });
+        let options = qproxy::demo::DemoOptions {
+            usual_ports: !any_ports,
+        };
+        match qproxy::demo::run(options, token).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("qproxy: {e}");
+                ExitCode::FAILURE
+            }
+        }
+    })
+}
+
+fn init_tracing(cli: &Cli, logging: &qproxy::config::LoggingConfig) {
     let directive = cli
         .log_level
         .clone()
         .or_else(|| std::env::var("RUST_LOG").ok().filter(|s| !s.is_empty()))
-        .or_else(|| config.logging.level.clone())
+        .or_else(|| logging.level.clone())
         .unwrap_or_else(|| if cli.verbose { "debug" } else { "info" }.to_string());
+    // rumqttd reports every client connection at info: keep it quieter
+    // unless asked for by name.
+    let directive = if directive.contains("rumqttd") {
+        directive
+    } else {
+        format!("{directive},rumqttd=warn")
+    };
     let filter = EnvFilter::try_new(&directive).unwrap_or_else(|e| {
         eprintln!("qproxy: log level `{directive}` is not valid ({e}); using info");
         EnvFilter::new("info")
@@ -116,7 +174,7 @@ fn init_tracing(cli: &Cli, config: &Config) {
         .with_env_filter(filter)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
-    match config.logging.format {
+    match logging.format {
         LogFormat::Json => builder.json().init(),
         LogFormat::Text => builder.init(),
     }

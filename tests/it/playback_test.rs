@@ -174,17 +174,26 @@ fn check_arrivals(sent: &[Vec<Sent>], seen: &[Seen]) {
     }
 }
 
-async fn cross_zone(store_a: StoreChoice, store_b: StoreChoice, total: usize, huge: usize) {
+async fn cross_zone(
+    store_a: StoreChoice,
+    store_b: StoreChoice,
+    total: usize,
+    huge: usize,
+    mqtt: bool,
+) {
     let zone_a = FakeDownstream::start().await;
     let zone_b = FakeDownstream::start().await;
-    let record = support::start_node(support::record_config(&zone_a.url(), SHARDS, &store_a)).await;
-    let playback = support::start_node(support::playback_config(
-        &zone_b.url(),
-        SHARDS,
-        record.api_addr,
-        &store_b,
-    ))
-    .await;
+    let mut record_config = support::record_config(&zone_a.url(), SHARDS, &store_a);
+    if mqtt {
+        record_config["mqtt"] = json!({"embedded_broker": {"enabled": true, "port": 0}});
+    }
+    let record = support::start_node(record_config).await;
+    let mut playback_config =
+        support::playback_config(&zone_b.url(), SHARDS, record.api_addr, &store_b);
+    if let Some(broker) = record.broker_addr {
+        playback_config["mqtt"] = json!({"host": "127.0.0.1", "port": broker.port()});
+    }
+    let playback = support::start_node(playback_config).await;
 
     let sent = traffic(total, 6, huge, 0x5eed);
     send_all(record.http_addr.unwrap(), &sent).await;
@@ -224,6 +233,12 @@ async fn cross_zone(store_a: StoreChoice, store_b: StoreChoice, total: usize, hu
     assert_eq!(status["playback"]["matched"], total, "{status}");
     assert_eq!(status["playback"]["mismatched"], 0);
     assert_eq!(status["playback"]["match_rate"], 1.0);
+    if mqtt {
+        assert!(
+            status["playback"]["mqtt_commits"].as_u64().unwrap() > 0,
+            "{status}"
+        );
+    }
     let (_, replays) = get_json(&format!("http://{}/api/replays?limit=5", playback.api_addr)).await;
     assert_eq!(replays["results"].as_array().unwrap().len(), 5);
     assert_eq!(replays["results"][0]["outcome"], "matched");
@@ -246,6 +261,28 @@ async fn a_thousand_requests_cross_zones_through_redis() {
         },
         1000,
         3,
+        false,
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_requests_cross_zones_with_mqtt_on() {
+    // Batches of small records come by MQTT query; the 64 MiB ones are over
+    // mqtt.max_batch_bytes and come over HTTP.
+    let redis = RedisServer::start();
+    cross_zone(
+        StoreChoice::Redis {
+            url: redis.url(),
+            prefix: "mqtt-a".into(),
+        },
+        StoreChoice::Redis {
+            url: redis.url(),
+            prefix: "mqtt-b".into(),
+        },
+        1000,
+        2,
+        true,
     )
     .await;
 }
@@ -259,6 +296,7 @@ async fn a_thousand_requests_cross_zones_through_the_embedded_store() {
         StoreChoice::Embedded(b.path().into()),
         1000,
         2,
+        false,
     )
     .await;
 }
