@@ -3,6 +3,9 @@
 //! with MQTT push (sync.interval 60 s, so only notifications count) and with
 //! HTTP polling only (sync.interval 1 s, the default).
 //!
+//! Each is measured with the embedded store and, when `redis-server` is on
+//! the PATH, with Redis.
+//!
 //! `cargo bench --bench replay_latency` (release build; about a minute).
 
 use std::convert::Infallible;
@@ -72,7 +75,15 @@ fn start_config(text: serde_json::Value) -> qproxy::config::Config {
     qproxy::config::Config::parse(&text.to_string(), std::path::Path::new("bench")).unwrap()
 }
 
-async fn measure(push: bool, requests: usize) -> Vec<Duration> {
+/// Push through the embedded broker, an external one on this port, or none.
+#[derive(Clone, Copy)]
+enum Push {
+    Embedded,
+    External(u16),
+    Off,
+}
+
+async fn measure(push: Push, redis: Option<&str>, requests: usize) -> Vec<Duration> {
     let a = zone_a().await;
     let (b, arrivals) = zone_b().await;
     let dir = tempfile::tempdir().unwrap();
@@ -84,10 +95,15 @@ async fn measure(push: bool, requests: usize) -> Vec<Duration> {
         "data_dir": dir.path().join("a"),
         "logging": {"level": "error"},
     });
-    if push {
-        record_config["mqtt"] =
-            json!({"enabled": true, "embedded_broker": {"enabled": true, "port": 0}});
+    match push {
+        Push::Embedded => {
+            record_config["mqtt"] =
+                json!({"enabled": true, "embedded_broker": {"enabled": true, "port": 0}})
+        }
+        Push::External(port) => record_config["mqtt"] = json!({"host": "127.0.0.1", "port": port}),
+        Push::Off => {}
     }
+    let pushing = !matches!(push, Push::Off);
     let record = qproxy::node::start(start_config(record_config))
         .await
         .unwrap();
@@ -95,13 +111,20 @@ async fn measure(push: bool, requests: usize) -> Vec<Duration> {
         "mode": "Playback",
         "http": {"port": 0, "downstream": format!("http://{b}")},
         "api": {"port": 0},
-        "sync": {"enabled": true, "shards": 1, "interval": if push { 60_000 } else { 1_000 },
+        "sync": {"enabled": true, "shards": 1, "interval": if pushing { 60_000 } else { 1_000 },
                  "peer": {"host": "127.0.0.1", "port": record.api_addr.port()}},
         "data_dir": dir.path().join("b"),
     });
+    if let Some(url) = redis {
+        playback_config["redis"] =
+            json!({"url": url, "key_prefix": format!("bench-b-{}", now_ms())});
+    }
     if let Some(broker) = record.broker_addr {
         playback_config["mqtt"] =
             json!({"enabled": true, "host": "127.0.0.1", "port": broker.port()});
+    }
+    if let Push::External(port) = push {
+        playback_config["mqtt"] = json!({"host": "127.0.0.1", "port": port});
     }
     let playback = qproxy::node::start(start_config(playback_config))
         .await
@@ -125,13 +148,27 @@ async fn measure(push: bool, requests: usize) -> Vec<Duration> {
         response.into_body().collect().await.unwrap();
         sent.push((path, Instant::now()));
         // Spaced out, so each record is its own event.
-        tokio::time::sleep(Duration::from_millis(if push { 20 } else { 97 })).await;
+        tokio::time::sleep(Duration::from_millis(if pushing { 20 } else { 97 })).await;
     }
     let until = Instant::now() + Duration::from_secs(30);
     while arrivals.lock().unwrap().len() < requests && Instant::now() < until {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let arrived = arrivals.lock().unwrap().clone();
+    if arrived.len() < requests {
+        for api in [record.api_addr, playback.api_addr] {
+            let status = client
+                .request(
+                    Request::get(format!("http://{api}/api/status"))
+                        .body(Full::default())
+                        .unwrap(),
+                )
+                .await
+                .unwrap();
+            let body = status.into_body().collect().await.unwrap().to_bytes();
+            eprintln!("{}", String::from_utf8_lossy(&body));
+        }
+    }
     playback.stop().await;
     record.stop().await;
     assert_eq!(arrived.len(), requests, "every record replayed");
@@ -147,20 +184,113 @@ fn pct(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1]
 }
 
+fn now_ms() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos()
+}
+
+/// A throwaway mosquitto (TCP_NODELAY on), when one is installed.
+fn mosquitto() -> Option<(std::process::Child, u16, tempfile::TempDir)> {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .ok()?
+        .local_addr()
+        .ok()?
+        .port();
+    let dir = tempfile::tempdir().ok()?;
+    let conf = dir.path().join("m.conf");
+    let text = format!(
+        "listener {port} 127.0.0.1\nallow_anonymous true\nset_tcp_nodelay true\nuser root\n"
+    );
+    std::fs::write(&conf, text).ok()?;
+    let child = std::process::Command::new("mosquitto")
+        .arg("-c")
+        .arg(&conf)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .ok()?;
+    std::thread::sleep(Duration::from_millis(300));
+    Some((child, port, dir))
+}
+
+/// A throwaway redis-server, when one is installed.
+fn redis_server() -> Option<(std::process::Child, String)> {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .ok()?
+        .local_addr()
+        .ok()?
+        .port();
+    let child = std::process::Command::new("redis-server")
+        .args([
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .ok()?;
+    std::thread::sleep(Duration::from_millis(300));
+    Some((child, format!("redis://127.0.0.1:{port}")))
+}
+
 #[tokio::main]
 async fn main() {
-    for (name, push, n) in [
-        ("mqtt push", true, 300),
-        ("http poll (interval 1 s)", false, 60),
-    ] {
-        let mut lat = measure(push, n).await;
+    let mut redis = redis_server();
+    let mut broker = mosquitto();
+    let url = redis.as_ref().map(|(_, url)| url.clone());
+    let mut runs = vec![(
+        "mqtt push (embedded rumqttd), embedded store",
+        Push::Embedded,
+        None,
+        300,
+    )];
+    if let Some(url) = url.as_deref() {
+        runs.push((
+            "mqtt push (embedded rumqttd), redis",
+            Push::Embedded,
+            Some(url),
+            300,
+        ));
+    }
+    if let Some((_, port, _)) = &broker {
+        runs.push((
+            "mqtt push (mosquitto), embedded store",
+            Push::External(*port),
+            None,
+            300,
+        ));
+        if let Some(url) = url.as_deref() {
+            runs.push((
+                "mqtt push (mosquitto), redis",
+                Push::External(*port),
+                Some(url),
+                300,
+            ));
+        }
+    }
+    runs.push(("http poll 1 s, embedded store", Push::Off, None, 60));
+    for (name, push, store, n) in runs {
+        let mut lat = measure(push, store, n).await;
         lat.sort();
         println!(
-            "{name:<26} n={n:<4} p50 {:>9.2?}  p90 {:>9.2?}  p99 {:>9.2?}  max {:>9.2?}",
+            "{name:<44} n={n:<4} p50 {:>9.2?}  p90 {:>9.2?}  p99 {:>9.2?}  max {:>9.2?}",
             pct(&lat, 0.50),
             pct(&lat, 0.90),
             pct(&lat, 0.99),
             lat[lat.len() - 1]
         );
+    }
+    if let Some((child, _)) = redis.as_mut() {
+        let _ = child.kill();
+    }
+    if let Some((child, _, _)) = broker.as_mut() {
+        let _ = child.kill();
     }
 }

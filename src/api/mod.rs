@@ -166,16 +166,7 @@ impl Api {
             Some(s) => self.shard(ShardId::parse(&s).map_err(Refusal::bad)?)?,
             None => 0,
         };
-        let limit = match q.take("limit") {
-            Some(s) => s
-                .parse::<usize>()
-                .ok()
-                .filter(|n| (1..=MAX_SYNC_LIMIT).contains(n))
-                .ok_or_else(|| {
-                    Refusal::bad(format!("limit `{s}` must be 1 to {MAX_SYNC_LIMIT}"))
-                })?,
-            None => DEFAULT_SYNC_LIMIT,
-        };
+        let limit = take_limit(&mut q, DEFAULT_SYNC_LIMIT)?;
         let after = q
             .take("after")
             .map(|s| s.parse::<RecordId>())
@@ -218,6 +209,8 @@ impl Api {
         self.shard(commit.shard_id)?;
         let checkpoint = Checkpoint::from_commit(&commit, crate::clock::now_ms());
         let stored = self.state.store.commit(checkpoint).await?;
+        metrics::counter!(crate::metrics::COMMITS_TOTAL, "transport" => "http", "result" => "ok")
+            .increment(1);
         Ok(json_response(StatusCode::OK, &stored))
     }
 
@@ -291,16 +284,7 @@ impl Api {
             .map(|s| s.parse::<Outcome>())
             .transpose()
             .map_err(|e| Refusal::bad(format!("result: {e}")))?;
-        let limit = match q.take("limit") {
-            Some(s) => s
-                .parse::<usize>()
-                .ok()
-                .filter(|n| (1..=MAX_SYNC_LIMIT).contains(n))
-                .ok_or_else(|| {
-                    Refusal::bad(format!("limit `{s}` must be 1 to {MAX_SYNC_LIMIT}"))
-                })?,
-            None => 100,
-        };
+        let limit = take_limit(&mut q, 100)?;
         q.finish(&["shard", "result", "limit"])
             .map_err(Refusal::bad)?;
         let shards: Vec<u32> = match shard {
@@ -470,6 +454,18 @@ impl Handler<Full<Bytes>> for Api {
                 response
             }
         }
+    }
+}
+
+/// The `limit` parameter: 1 to [`MAX_SYNC_LIMIT`], `default` when absent.
+fn take_limit(q: &mut Query, default: usize) -> Result<usize, Refusal> {
+    match q.take("limit") {
+        None => Ok(default),
+        Some(s) => s
+            .parse::<usize>()
+            .ok()
+            .filter(|n| (1..=MAX_SYNC_LIMIT).contains(n))
+            .ok_or_else(|| Refusal::bad(format!("limit `{s}` must be 1 to {MAX_SYNC_LIMIT}"))),
     }
 }
 

@@ -188,7 +188,12 @@ impl MqttClient {
         if let Some(user) = &self.config.app_id {
             options.set_credentials(user, self.config.token.clone().unwrap_or_default());
         }
-        let (client, eventloop) = AsyncClient::new(options, 1024);
+        let (client, mut eventloop) = AsyncClient::new(options, 1024);
+        // Small packets (notifications, queries) must not wait for Nagle.
+        let mut network = rumqttc::NetworkOptions::new();
+        network.set_tcp_nodelay(true);
+        network.set_connection_timeout(self.config.connect_timeout.as_secs().max(1));
+        eventloop.set_network_options(network);
         // The reply topic is a subscription like any other: restored with them.
         self.remember_subscription(&self.shared.reply_topic.clone(), QoS::AtMostOnce);
         let task = tokio::spawn(run(

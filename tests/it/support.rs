@@ -57,17 +57,72 @@ where
 /// A `redis-server` on a free port in its own folder; killed on drop.
 pub struct RedisServer {
     pub port: u16,
-    child: Option<Child>,
+    process: ServerProcess,
     dir: tempfile::TempDir,
+}
+
+/// A server started from a command line; killed on drop.
+struct ServerProcess {
+    command: Vec<std::ffi::OsString>,
+    child: Option<Child>,
+}
+
+impl ServerProcess {
+    fn new(command: Vec<std::ffi::OsString>) -> ServerProcess {
+        ServerProcess {
+            command,
+            child: None,
+        }
+    }
+
+    fn spawn(&mut self, install_hint: &str) {
+        let child = Command::new(&self.command[0])
+            .args(&self.command[1..])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!(
+                    "cannot run {:?} ({e}); {install_hint} — .ci/run does",
+                    self.command[0]
+                )
+            });
+        self.child = Some(child);
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        self.stop();
+    }
 }
 
 impl RedisServer {
     pub fn start() -> RedisServer {
         let dir = tempfile::tempdir().expect("temp dir");
         let port = free_port();
+        let mut command: Vec<std::ffi::OsString> = [
+            "redis-server",
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+        ]
+        .iter()
+        .chain(&["--save", "", "--appendonly", "no", "--dir"])
+        .map(Into::into)
+        .collect();
+        command.push(dir.path().into());
         let mut server = RedisServer {
             port,
-            child: None,
+            process: ServerProcess::new(command),
             dir,
         };
         server.spawn();
@@ -75,17 +130,8 @@ impl RedisServer {
     }
 
     fn spawn(&mut self) {
-        let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
-            .arg("--dir")
-            .arg(self.dir.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| {
-                panic!("cannot run redis-server ({e}); install it (apt-get install redis-server) — .ci/run does")
-            });
-        self.child = Some(child);
+        self.process.spawn("install redis-server");
+
         let until = Instant::now() + Duration::from_secs(10);
         while !self.ping() {
             assert!(
@@ -113,22 +159,13 @@ impl RedisServer {
 
     /// Kills the server (its data is gone: no persistence).
     pub fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        self.process.stop();
     }
 
     /// Starts it again on the same port.
     pub fn restart(&mut self) {
         self.stop();
         self.spawn();
-    }
-}
-
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        self.stop();
     }
 }
 
@@ -492,8 +529,8 @@ pub async fn checkpoints(api: SocketAddr, peer: &str) -> HashMap<u64, String> {
 /// user; killed on drop.
 pub struct Mosquitto {
     pub port: u16,
-    child: Option<Child>,
-    dir: tempfile::TempDir,
+    process: ServerProcess,
+    _dir: tempfile::TempDir,
 }
 
 impl Mosquitto {
@@ -530,25 +567,20 @@ impl Mosquitto {
             }
             None => conf.push_str("allow_anonymous true\n"),
         }
-        std::fs::write(dir.path().join("mosquitto.conf"), conf).unwrap();
+        let conf_path = dir.path().join("mosquitto.conf");
+        std::fs::write(&conf_path, conf).unwrap();
+        let command = vec!["mosquitto".into(), "-c".into(), conf_path.into()];
         let mut broker = Mosquitto {
             port,
-            child: None,
-            dir,
+            process: ServerProcess::new(command),
+            _dir: dir,
         };
         broker.spawn();
         broker
     }
 
     fn spawn(&mut self) {
-        let child = Command::new("mosquitto")
-            .arg("-c")
-            .arg(self.dir.path().join("mosquitto.conf"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot run mosquitto ({e}); install it (apt-get install mosquitto) — .ci/run does"));
-        self.child = Some(child);
+        self.process.spawn("install mosquitto");
         let until = Instant::now() + Duration::from_secs(10);
         while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
             assert!(
@@ -561,20 +593,11 @@ impl Mosquitto {
     }
 
     pub fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        self.process.stop();
     }
 
     pub fn restart(&mut self) {
         self.stop();
         self.spawn();
-    }
-}
-
-impl Drop for Mosquitto {
-    fn drop(&mut self) {
-        self.stop();
     }
 }
