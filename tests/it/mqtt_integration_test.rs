@@ -532,20 +532,38 @@ async fn broker_down_sync_goes_on_over_http_and_returns_to_mqtt() {
     let zone_a = FakeDownstream::start().await;
     let zone_b = FakeDownstream::start().await;
     let dirs = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let (record, mut playback) = fabric_nodes(&zone_a, &zone_b, mosquitto.port, None, &dirs).await;
-    // Poll every 200 ms while the broker is away (the fallback's pace).
-    playback.stop().await;
+    let mut record_config = support::record_config(
+        &zone_a.url(),
+        4,
+        &StoreChoice::Embedded(dirs.0.path().into()),
+    );
+    record_config["mqtt"] =
+        json!({"host": "127.0.0.1", "port": mosquitto.port, "client_id": "down-record"});
+    let record = support::start_node(record_config).await;
+    // The Playback node is a process of its own, so its metrics are its own.
     let mut playback_config = support::playback_config(
         &zone_b.url(),
         4,
         record.api_addr,
-        &StoreChoice::Embedded(dirs.1.path().into()),
+        &StoreChoice::Embedded(dirs.1.path().join("data")),
     );
-    playback_config["mqtt"] = json!({"enabled": true, "host": "127.0.0.1", "port": mosquitto.port, "client_id": "fabric-playback"});
+    playback_config["mqtt"] =
+        json!({"host": "127.0.0.1", "port": mosquitto.port, "client_id": "down-playback"});
+    // Poll every 200 ms while the broker is away (the fallback's pace).
     playback_config["sync"]["interval"] = json!(200);
-    playback = support::start_node(playback_config).await;
+    playback_config["http"]["port"] = json!(free_port());
+    let api_port = free_port();
+    playback_config["api"]["port"] = json!(api_port);
+    let _process = support::NodeProcess::spawn(&playback_config, dirs.1.path(), "playback");
+    let api: SocketAddr = format!("127.0.0.1:{api_port}").parse().unwrap();
+    eventually(
+        "the playback process answers",
+        Duration::from_secs(20),
+        || async { std::net::TcpStream::connect(api).ok().map(|_| ()) },
+    )
+    .await;
     wait_connected(record.api_addr).await;
-    wait_connected(playback.api_addr).await;
+    wait_connected(api).await;
 
     send(record.http_addr.unwrap(), 100, "before").await;
     replayed_in_zone_b(&zone_b, 100, Duration::from_secs(20)).await;
@@ -554,30 +572,28 @@ async fn broker_down_sync_goes_on_over_http_and_returns_to_mqtt() {
     eventually(
         "nodes notice the broker is gone",
         Duration::from_secs(20),
-        || async { (status(playback.api_addr).await["mqtt"]["connected"] == false).then_some(()) },
+        || async { (status(api).await["mqtt"]["connected"] == false).then_some(()) },
     )
     .await;
     send(record.http_addr.unwrap(), 100, "during").await;
     replayed_in_zone_b(&zone_b, 200, Duration::from_secs(30)).await;
-    let s = status(playback.api_addr).await;
+    let s = status(api).await;
     assert_eq!(s["playback"]["transport"], "http", "{s}");
 
     mosquitto.restart();
-    wait_connected(playback.api_addr).await;
+    wait_connected(api).await;
     wait_connected(record.api_addr).await;
     send(record.http_addr.unwrap(), 100, "after").await;
     replayed_in_zone_b(&zone_b, 300, Duration::from_secs(30)).await;
     eventually(
         "the transport is mqtt again",
         Duration::from_secs(20),
-        || async {
-            (status(playback.api_addr).await["playback"]["transport"] == "mqtt").then_some(())
-        },
+        || async { (status(api).await["playback"]["transport"] == "mqtt").then_some(()) },
     )
     .await;
     let metrics = support::client()
         .request(
-            Request::get(format!("http://{}/metrics", playback.api_addr))
+            Request::get(format!("http://{}/metrics", api))
                 .body(Full::default())
                 .unwrap(),
         )
@@ -594,7 +610,6 @@ async fn broker_down_sync_goes_on_over_http_and_returns_to_mqtt() {
     );
     let ids: HashSet<String> = zone_b.seen().iter().map(|s| s.uri.clone()).collect();
     assert_eq!(ids.len(), 300, "every request replayed, none lost");
-    playback.stop().await;
     record.stop().await;
 }
 
