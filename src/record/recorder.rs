@@ -90,7 +90,16 @@ impl Recorder {
             spool: VecDeque::new(),
             signal,
         };
-        let handle = tokio::spawn(writer.run());
+        // The writer gets a thread of its own: on a busy runtime a task that
+        // waits its turn behind every connection falls behind at tens of
+        // thousands of records a second, and the queue overflows.
+        let handle = tokio::task::spawn_blocking(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("a runtime for the record writer");
+            runtime.block_on(writer.run());
+        });
         (
             Recorder {
                 tx,
