@@ -14,6 +14,10 @@ pub const HTTP_REQUEST_SIZE_BYTES: &str = "http_request_size_bytes";
 pub const HTTP_RESPONSE_SIZE_BYTES: &str = "http_response_size_bytes";
 pub const HTTP_ERRORS_TOTAL: &str = "http_errors_total";
 
+pub const TCP_CONNECTIONS_TOTAL: &str = "tcp_connections_total";
+pub const TCP_ACTIVE_CONNECTIONS: &str = "tcp_active_connections";
+pub const TCP_ERRORS_TOTAL: &str = "tcp_errors_total";
+
 pub const RECORDS_TOTAL: &str = "qproxy_records_total";
 pub const RECORD_BYTES_TOTAL: &str = "qproxy_record_bytes_total";
 pub const RECORDS_DROPPED_TOTAL: &str = "qproxy_records_dropped_total";

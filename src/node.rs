@@ -15,6 +15,7 @@ use crate::config::{Config, Mode};
 use crate::mqtt_client::{MqttClient, MqttConfig};
 use crate::playback::{PlaybackStats, Replayer, SyncLink, SyncRunner};
 use crate::proxy::http::HttpProxy;
+use crate::proxy::tcp::TcpProxy;
 use crate::record::recorder::Recorder;
 use crate::record::RecordId;
 use crate::server::serve;
@@ -47,6 +48,8 @@ pub struct RunningNode {
     pub mode: Mode,
     /// The proxy listener's address, when there is one.
     pub http_addr: Option<SocketAddr>,
+    /// The TCP proxy listener's address, when there is one.
+    pub tcp_addr: Option<SocketAddr>,
     pub api_addr: SocketAddr,
     /// The embedded MQTT broker's address, when this node runs one.
     pub broker_addr: Option<SocketAddr>,
@@ -87,8 +90,13 @@ pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
         Some(h) if h.enabled => Some(bind("http proxy", &h.host, h.port).await?),
         _ => None,
     };
+    let tcp = match &config.tcp {
+        Some(t) if t.enabled => Some(bind("tcp proxy", &t.host, t.port).await?),
+        _ => None,
+    };
     let api = bind("api", &config.api.host, config.api.port).await?;
     let http_addr = http.as_ref().and_then(|l| l.local_addr().ok());
+    let tcp_addr = tcp.as_ref().and_then(|l| l.local_addr().ok());
     let api_addr = api.local_addr().expect("a bound listener has an address");
     let broker = match config
         .mqtt
@@ -110,10 +118,12 @@ pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
     let shutdown = CancellationToken::new();
     let mode = config.mode;
     info!(%mode, http = ?http_addr, api = %api_addr, store = %store.describe(), "node starting");
-    let task = tokio::spawn(run(config, store, http, api, broker_addr, shutdown.clone()));
+    let listeners = Listeners { http, tcp, api };
+    let task = tokio::spawn(run(config, store, listeners, broker_addr, shutdown.clone()));
     Ok(RunningNode {
         mode,
         http_addr,
+        tcp_addr,
         api_addr,
         broker_addr,
         shutdown,
@@ -124,9 +134,6 @@ pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
 fn warn_unbuilt(config: &Config) {
     if config.grpc.as_ref().is_some_and(|g| g.enabled) {
         warn!("the grpc section is not served yet: this version proxies HTTP only");
-    }
-    if config.tcp.as_ref().is_some_and(|t| t.enabled) {
-        warn!("the tcp section is not served yet: this version proxies HTTP only");
     }
     if config.tls.is_some() {
         warn!("the tls section is not used yet: the http listener speaks plain HTTP");
@@ -168,14 +175,21 @@ fn mqtt_client(config: &Config, broker: Option<SocketAddr>) -> Option<Arc<MqttCl
     Some(Arc::new(client))
 }
 
+/// The bound listeners of a node.
+struct Listeners {
+    http: Option<TcpListener>,
+    tcp: Option<TcpListener>,
+    api: TcpListener,
+}
+
 async fn run(
     config: Config,
     store: Arc<dyn Store>,
-    http: Option<TcpListener>,
-    api: TcpListener,
+    listeners: Listeners,
     broker: Option<SocketAddr>,
     shutdown: CancellationToken,
 ) {
+    let Listeners { http, tcp, api } = listeners;
     let mut tasks: Vec<JoinHandle<()>> = Vec::new();
     let mqtt = mqtt_client(&config, broker);
     let topics = Topics::new(
@@ -227,6 +241,11 @@ async fn run(
         if let Some(target) = target {
             let replayer = Arc::new(Replayer::new(
                 target,
+                config
+                    .tcp
+                    .as_ref()
+                    .filter(|t| t.enabled)
+                    .map(|t| t.downstream.clone()),
                 Duration::from_millis(config.playback.timeout_ms),
                 config.record.max_body_bytes,
             ));
@@ -292,6 +311,14 @@ async fn run(
             shutdown.clone(),
             SHUTDOWN_GRACE,
             Some(count_http_connection),
+        )));
+    }
+    if let (Some(listener), Some(t)) = (tcp, &config.tcp) {
+        let proxy = TcpProxy::new(t.downstream.clone(), recorder.clone());
+        tasks.push(tokio::spawn(proxy.serve(
+            listener,
+            shutdown.clone(),
+            SHUTDOWN_GRACE,
         )));
     }
     drop(recorder);

@@ -117,7 +117,7 @@ pub struct GrpcConfig {
     pub downstream: Vec<String>,
 }
 
-/// A `tcp` section: accepted; the TCP proxy is not built yet.
+/// The raw TCP proxy (plain TCP; TLS on either side comes later).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TcpConfig {
@@ -126,7 +126,23 @@ pub struct TcpConfig {
     #[serde(default = "default_host")]
     pub host: String,
     pub port: u16,
+    /// `host:port`; on a Playback node also where TCP sessions are replayed.
+    #[serde(deserialize_with = "host_port")]
     pub downstream: String,
+}
+
+fn host_port<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    let s = String::deserialize(d)?;
+    let ok = s
+        .rsplit_once(':')
+        .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0));
+    if ok {
+        Ok(s)
+    } else {
+        Err(serde::de::Error::custom(format!(
+            "`{s}` is not host:port, e.g. 127.0.0.1:6379"
+        )))
+    }
 }
 
 /// A `tls` section as in the original README; HTTPS is not built yet.

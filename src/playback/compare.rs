@@ -41,13 +41,21 @@ fn body_diff(recorded: &[u8], replayed: &[u8]) -> Option<String> {
     ) {
         return json_diff("$", &a, &b);
     }
+    compare_bytes("body", recorded, replayed)
+}
+
+/// Byte-for-byte: None when equal, else where the first difference is.
+pub fn compare_bytes(what: &str, recorded: &[u8], replayed: &[u8]) -> Option<String> {
+    if recorded == replayed {
+        return None;
+    }
     let at = recorded
         .iter()
         .zip(replayed)
         .position(|(a, b)| a != b)
         .unwrap_or(recorded.len().min(replayed.len()));
     Some(format!(
-        "body: differs at byte {at} (recorded {} bytes, replayed {} bytes)",
+        "{what}: differs at byte {at} (recorded {} bytes, replayed {} bytes)",
         recorded.len(),
         replayed.len()
     ))

@@ -6,7 +6,7 @@ mod replay;
 mod result;
 mod runner;
 
-pub use compare::compare_http;
+pub use compare::{compare_bytes, compare_http};
 pub use replay::{Replayer, REPLAY_ID_HEADER, REPLAY_SHARD_HEADER};
 pub use result::{Outcome, ReplayResult};
 pub use runner::{PlaybackStats, SyncLink, SyncRunner, Transport};

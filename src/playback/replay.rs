@@ -9,13 +9,13 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use metrics::{counter, histogram};
 
-use super::compare::compare_http;
+use super::compare::{compare_bytes, compare_http};
 use super::{Outcome, ReplayResult};
 use crate::config::Downstream;
 use crate::metrics as m;
 use crate::proxy::headers::is_hop_by_hop;
 use crate::proxy::http::target_uri;
-use crate::record::{header_value_to_bytes, Exchange, HttpExchange, Record, RecordId};
+use crate::record::{header_value_to_bytes, Exchange, HttpExchange, Record, RecordId, TcpSession};
 
 /// Every replayed request carries this, so a target can tell replays apart
 /// and drop duplicates. Ids are unique within a shard, so a target that
@@ -27,15 +27,24 @@ pub const REPLAY_SHARD_HEADER: &str = "x-qproxy-replay-shard";
 pub struct Replayer {
     client: Client<HttpConnector, Full<Bytes>>,
     target: Downstream,
+    tcp_target: Option<String>,
     timeout: Duration,
     max_body_bytes: usize,
 }
 
 impl Replayer {
-    pub fn new(target: Downstream, timeout: Duration, max_body_bytes: usize) -> Replayer {
+    /// Replays HTTP records against `target` and TCP sessions against
+    /// `tcp_target` (`host:port`), when there is one.
+    pub fn new(
+        target: Downstream,
+        tcp_target: Option<String>,
+        timeout: Duration,
+        max_body_bytes: usize,
+    ) -> Replayer {
         Replayer {
             client: crate::proxy::pooled_client(),
             target,
+            tcp_target,
             timeout,
             max_body_bytes,
         }
@@ -44,22 +53,34 @@ impl Replayer {
     pub async fn replay(&self, record: &Record) -> ReplayResult {
         let started = Instant::now();
         let id = record.id.unwrap_or(RecordId::ZERO);
-        let Exchange::Http(http) = &record.exchange;
-        let (outcome, detail, replayed_status) = match skip_reason(record, http) {
-            Some(reason) => (Outcome::Skipped, Some(reason), None),
-            None => match self.replay_http(record.shard, id, http).await {
-                Ok((status, body)) => {
-                    let recorded = http.status.unwrap_or(0);
-                    let (outcome, diff) =
-                        compare_http(recorded, &http.response_body, status, &body);
-                    (outcome, diff, Some(status))
-                }
-                Err(reason) => (Outcome::Failed, Some(reason), None),
+        let protocol = record.protocol().as_str();
+        let (outcome, detail, replayed_status) = match &record.exchange {
+            Exchange::Http(http) => match skip_reason(record, http) {
+                Some(reason) => (Outcome::Skipped, Some(reason), None),
+                None => match self.replay_http(record.shard, id, http).await {
+                    Ok((status, body)) => {
+                        let recorded = http.status.unwrap_or(0);
+                        let (outcome, diff) =
+                            compare_http(recorded, &http.response_body, status, &body);
+                        (outcome, diff, Some(status))
+                    }
+                    Err(reason) => (Outcome::Failed, Some(reason), None),
+                },
             },
+            Exchange::Tcp(tcp) => {
+                let (outcome, detail) = self.replay_tcp(record, tcp).await;
+                (outcome, detail, None)
+            }
+        };
+        let (method, uri, recorded_status) = match &record.exchange {
+            Exchange::Http(h) => (h.method.clone(), h.uri.clone(), h.status),
+            Exchange::Tcp(t) => ("TCP".to_string(), t.downstream.clone(), None),
         };
         let elapsed = started.elapsed();
-        counter!(m::REPLAYS_TOTAL, "protocol" => "http", "result" => outcome.as_str()).increment(1);
-        histogram!(m::REPLAY_DURATION_SECONDS, "protocol" => "http").record(elapsed.as_secs_f64());
+        counter!(m::REPLAYS_TOTAL, "protocol" => protocol, "result" => outcome.as_str())
+            .increment(1);
+        histogram!(m::REPLAY_DURATION_SECONDS, "protocol" => protocol)
+            .record(elapsed.as_secs_f64());
         let now = crate::clock::now_ms();
         histogram!(m::REPLAY_LAG_SECONDS)
             .record(now.saturating_sub(record.captured_at_ms) as f64 / 1000.0);
@@ -70,9 +91,9 @@ impl Replayer {
             detail,
             replayed_at_ms: now,
             duration_us: elapsed.as_micros() as u64,
-            method: http.method.clone(),
-            uri: http.uri.clone(),
-            recorded_status: http.status,
+            method,
+            uri,
+            recorded_status,
             replayed_status,
         }
     }
@@ -149,6 +170,116 @@ impl Replayer {
             .body(Full::new(http.request_body.0.clone()))
             .map_err(|e| e.to_string())
     }
+}
+
+impl Replayer {
+    /// Sends the client's chunks in order, each once the server bytes that
+    /// preceded it in the recording have arrived, then compares what the
+    /// server sent with what zone A's server sent.
+    async fn replay_tcp(&self, record: &Record, tcp: &TcpSession) -> (Outcome, Option<String>) {
+        if tcp.chunks.is_empty() && record.error.is_some() {
+            let why = record.error.as_deref().unwrap_or("no connection");
+            return (
+                Outcome::Skipped,
+                Some(format!("zone A's downstream was not reached: {why}")),
+            );
+        }
+        if tcp.truncated {
+            return (
+                Outcome::Skipped,
+                Some(
+                    "session was larger than record.max_body_bytes and was not recorded in full"
+                        .into(),
+                ),
+            );
+        }
+        let Some(target) = &self.tcp_target else {
+            return (
+                Outcome::Failed,
+                Some("this Playback node has no tcp.downstream to replay to".into()),
+            );
+        };
+        match tokio::time::timeout(self.timeout, run_tcp(target, tcp)).await {
+            Ok(Ok(server_bytes)) => {
+                match compare_bytes("server bytes", &tcp.server_stream(), &server_bytes) {
+                    None => (Outcome::Matched, None),
+                    Some(diff) => (Outcome::Mismatched, Some(diff)),
+                }
+            }
+            Ok(Err(e)) => (Outcome::Failed, Some(format!("target {target}: {e}"))),
+            Err(_) => (
+                Outcome::Failed,
+                Some(format!(
+                    "target {target}: session not done within {:?}",
+                    self.timeout
+                )),
+            ),
+        }
+    }
+}
+
+/// How long a replayed TCP session waits for the server's next bytes.
+const TCP_IDLE: Duration = Duration::from_secs(2);
+
+async fn run_tcp(target: &str, tcp: &TcpSession) -> Result<Vec<u8>, String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let stream = tokio::net::TcpStream::connect(target)
+        .await
+        .map_err(|e| e.to_string())?;
+    let _ = stream.set_nodelay(true);
+    let (mut reader, mut writer) = stream.into_split();
+    let mut got: Vec<u8> = Vec::with_capacity(tcp.server_bytes as usize);
+    let mut buf = vec![0u8; 64 << 10];
+    let mut server_done = false;
+    // Reads until `want` server bytes are in, the server closes, or it idles.
+    async fn read_up_to(
+        reader: &mut tokio::net::tcp::OwnedReadHalf,
+        buf: &mut [u8],
+        got: &mut Vec<u8>,
+        want: u64,
+        server_done: &mut bool,
+    ) -> Result<(), String> {
+        while !*server_done && (got.len() as u64) < want {
+            match tokio::time::timeout(TCP_IDLE, reader.read(buf)).await {
+                Ok(Ok(0)) => *server_done = true,
+                Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
+                Ok(Err(e)) => return Err(format!("reading: {e}")),
+                Err(_) => return Ok(()),
+            }
+        }
+        Ok(())
+    }
+    let mut server_before: u64 = 0;
+    for chunk in &tcp.chunks {
+        if chunk.from_client {
+            read_up_to(
+                &mut reader,
+                &mut buf,
+                &mut got,
+                server_before,
+                &mut server_done,
+            )
+            .await?;
+            writer
+                .write_all(&chunk.data)
+                .await
+                .map_err(|e| format!("writing: {e}"))?;
+        } else {
+            server_before += chunk.data.len() as u64;
+        }
+    }
+    if tcp.closed_by == "client" {
+        let _ = writer.shutdown().await;
+    }
+    read_up_to(
+        &mut reader,
+        &mut buf,
+        &mut got,
+        tcp.server_bytes,
+        &mut server_done,
+    )
+    .await?;
+    Ok(got)
 }
 
 /// Records that must not be replayed, and why.

@@ -1,9 +1,10 @@
 //! The proxy listeners: where zone traffic enters a node.
 //!
-//! Only HTTP so far ([`http::HttpProxy`]); gRPC and raw TCP come next.
+//! HTTP ([`http::HttpProxy`]) and raw TCP ([`tcp::TcpProxy`]); gRPC comes next.
 
 pub mod headers;
 pub mod http;
+pub mod tcp;
 
 use std::time::Duration;
 

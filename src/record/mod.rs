@@ -41,19 +41,62 @@ pub struct Record {
 #[serde(rename_all = "snake_case")]
 pub enum Exchange {
     Http(HttpExchange),
+    Tcp(TcpSession),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Protocol {
     Http,
+    Tcp,
 }
 
 impl Protocol {
     pub fn as_str(self) -> &'static str {
         match self {
             Protocol::Http => "http",
+            Protocol::Tcp => "tcp",
         }
+    }
+}
+
+/// One TCP connection: what each side sent, in order, with time offsets.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TcpSession {
+    /// Where zone A's connection went (`host:port`).
+    pub downstream: String,
+    pub chunks: Vec<TcpChunk>,
+    pub client_bytes: u64,
+    pub server_bytes: u64,
+    /// More bytes flowed than `record.max_body_bytes`; the rest is not kept.
+    #[serde(default)]
+    pub truncated: bool,
+    /// `client`, `server` or `error`: who ended the connection.
+    pub closed_by: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TcpChunk {
+    /// true: client → server; false: server → client.
+    pub from_client: bool,
+    /// Microseconds since the connection opened.
+    pub at_us: u64,
+    pub data: Body,
+}
+
+impl TcpSession {
+    /// Everything the server sent, in one buffer.
+    pub fn server_stream(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.server_bytes as usize);
+        for chunk in self.chunks.iter().filter(|c| !c.from_client) {
+            out.extend_from_slice(&chunk.data);
+        }
+        out
+    }
+
+    /// Bytes kept in this session (both directions).
+    pub fn kept_bytes(&self) -> usize {
+        self.chunks.iter().map(|c| c.data.len()).sum()
     }
 }
 
@@ -84,6 +127,7 @@ impl Record {
     pub fn protocol(&self) -> Protocol {
         match self.exchange {
             Exchange::Http(_) => Protocol::Http,
+            Exchange::Tcp(_) => Protocol::Tcp,
         }
     }
 

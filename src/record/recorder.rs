@@ -39,10 +39,19 @@ pub struct RecorderStats {
     pub overflowing: AtomicBool,
 }
 
+/// What goes through the queue: an HTTP exchange still in its raw form, or
+/// a record built already (a TCP session, built when it closes).
+#[derive(Debug)]
+pub enum Captured {
+    Http(RawExchange),
+    Ready(Record),
+}
+
 /// A cheap handle for submitting exchanges.
 #[derive(Clone)]
 pub struct Recorder {
-    tx: mpsc::Sender<RawExchange>,
+    tx: mpsc::Sender<Captured>,
+    shards: u32,
     stats: Arc<RecorderStats>,
     max_body_bytes: usize,
 }
@@ -50,7 +59,7 @@ pub struct Recorder {
 /// What the writer was started with; see `RecordConfig` for the meanings.
 struct Writer {
     store: Arc<dyn Store>,
-    rx: mpsc::Receiver<RawExchange>,
+    rx: mpsc::Receiver<Captured>,
     stats: Arc<RecorderStats>,
     shards: u32,
     shard_key_header: Option<http::HeaderName>,
@@ -103,6 +112,7 @@ impl Recorder {
         (
             Recorder {
                 tx,
+                shards,
                 stats,
                 max_body_bytes: config.max_body_bytes,
             },
@@ -120,8 +130,18 @@ impl Recorder {
 
     /// Queues an exchange for recording without ever waiting.
     pub fn submit(&self, exchange: RawExchange) {
+        self.send(Captured::Http(exchange));
+    }
+
+    /// Queues a finished record (its shard is set from `shard_key`).
+    pub fn submit_record(&self, mut record: Record, shard_key: &[u8]) {
+        record.shard = shard_of(shard_key, self.shards);
+        self.send(Captured::Ready(record));
+    }
+
+    fn send(&self, captured: Captured) {
         self.stats.submitted.fetch_add(1, Ordering::Relaxed);
-        if let Err(e) = self.tx.try_send(exchange) {
+        if let Err(e) = self.tx.try_send(captured) {
             let reason = match e {
                 mpsc::error::TrySendError::Full(_) => "queue full",
                 mpsc::error::TrySendError::Closed(_) => "recorder stopped",
@@ -195,7 +215,7 @@ impl Writer {
     }
 
     /// Takes what is queued without waiting; false once every sender is gone.
-    fn take_ready(&mut self, batch: &mut Vec<RawExchange>) -> bool {
+    fn take_ready(&mut self, batch: &mut Vec<Captured>) -> bool {
         while batch.len() < self.batch_size {
             match self.rx.try_recv() {
                 Ok(ex) => batch.push(ex),
@@ -207,9 +227,12 @@ impl Writer {
     }
 
     /// Encodes exchanges into the spool, dropping the oldest past capacity.
-    fn spool_batch(&mut self, batch: &mut Vec<RawExchange>) {
-        for raw in batch.drain(..) {
-            let record = self.to_record(raw);
+    fn spool_batch(&mut self, batch: &mut Vec<Captured>) {
+        for captured in batch.drain(..) {
+            let record = match captured {
+                Captured::Http(raw) => self.to_record(raw),
+                Captured::Ready(record) => record,
+            };
             counter!(m::RECORD_BYTES_TOTAL).increment(record_body_bytes(&record) as u64);
             self.spool.push_back(NewRecord::encode(&record));
         }
@@ -251,7 +274,7 @@ impl Writer {
                     }
                     self.spool.drain(..n);
                     self.stats.written.fetch_add(n as u64, Ordering::Relaxed);
-                    counter!(m::RECORDS_TOTAL, "protocol" => "http").increment(n as u64);
+                    counter!(m::RECORDS_TOTAL).increment(n as u64);
                     if !self.stats.store_up.swap(true, Ordering::Relaxed) {
                         info!(store = %self.store.describe(), spooled = self.spool.len(), "store is back; writing spooled records");
                         gauge!(m::STORE_UP).set(1.0);
@@ -314,6 +337,7 @@ impl Writer {
 fn record_body_bytes(record: &Record) -> usize {
     match &record.exchange {
         Exchange::Http(h) => h.request_body.len() + h.response_body.len(),
+        Exchange::Tcp(t) => t.kept_bytes(),
     }
 }
 

@@ -12,3 +12,4 @@ mod playback_test;
 mod proxy_test;
 mod record_test;
 mod store_test;
+mod tcp_test;

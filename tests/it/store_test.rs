@@ -104,7 +104,9 @@ async fn conformance(store: Arc<dyn Store>) {
         .unwrap();
     assert_eq!(read.len(), 6);
     let decoded: Vec<Record> = read.iter().map(|r| r.decode().unwrap()).collect();
-    let Exchange::Http(h) = &decoded[2].exchange;
+    let Exchange::Http(h) = &decoded[2].exchange else {
+        panic!("an http record comes back as one")
+    };
     assert_eq!(
         h.request_body.len(),
         big.len(),
