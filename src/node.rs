@@ -144,7 +144,11 @@ fn warn_unbuilt(config: &Config) {
 }
 
 /// The node's MQTT client, started (it connects whenever the broker is there).
-fn mqtt_client(config: &Config, broker: Option<SocketAddr>) -> Option<Arc<MqttClient>> {
+fn mqtt_client(
+    config: &Config,
+    broker: Option<SocketAddr>,
+    api: SocketAddr,
+) -> Option<Arc<MqttClient>> {
     let section = config.mqtt.as_ref().filter(|m| m.enabled)?;
     let (host, port) = match broker {
         Some(addr) if section.host.is_none() && section.port.is_none() => {
@@ -156,7 +160,8 @@ fn mqtt_client(config: &Config, broker: Option<SocketAddr>) -> Option<Arc<MqttCl
         .client_id
         .clone()
         .unwrap_or_else(|| match config.mode {
-            Mode::Record => format!("qproxy-record-{}", config.api.port),
+            // The bound port, not the configured one (which may be 0).
+            Mode::Record => format!("qproxy-record-{}", api.port()),
             Mode::Playback => format!("qproxy-playback-{}", config.sync.peer_id),
         });
     let mut client = MqttClient::new(MqttConfig {
@@ -191,7 +196,8 @@ async fn run(
 ) {
     let Listeners { http, tcp, api } = listeners;
     let mut tasks: Vec<JoinHandle<()>> = Vec::new();
-    let mqtt = mqtt_client(&config, broker);
+    let api_addr = api.local_addr().expect("a bound listener has an address");
+    let mqtt = mqtt_client(&config, broker, api_addr);
     let topics = Topics::new(
         config
             .mqtt
