@@ -61,9 +61,87 @@ pub fn handle() -> &'static PrometheusHandle {
         let handle = recorder.handle();
         // Another recorder may be installed already (an embedding program);
         // then ours still renders what is recorded through it.
-        let _ = metrics::set_global_recorder(recorder);
+        if metrics::set_global_recorder(recorder).is_ok() {
+            describe();
+        }
         handle
     })
+}
+
+/// HELP lines for every metric (`promtool check metrics` asks for them).
+fn describe() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+    describe_counter!(
+        HTTP_REQUESTS_TOTAL,
+        "HTTP requests proxied, by protocol, method and status class"
+    );
+    describe_histogram!(
+        HTTP_REQUEST_DURATION_SECONDS,
+        Unit::Seconds,
+        "Time to the downstream's response head"
+    );
+    describe_gauge!(
+        HTTP_ACTIVE_CONNECTIONS,
+        "Open client connections on the HTTP listener"
+    );
+    describe_histogram!(HTTP_REQUEST_SIZE_BYTES, Unit::Bytes, "Request body sizes");
+    describe_histogram!(
+        HTTP_RESPONSE_SIZE_BYTES,
+        Unit::Bytes,
+        "Response body sizes (when known up front)"
+    );
+    describe_counter!(HTTP_ERRORS_TOTAL, "HTTP exchanges that failed, by kind");
+    describe_counter!(
+        TCP_CONNECTIONS_TOTAL,
+        "TCP connections accepted by the TCP proxy"
+    );
+    describe_gauge!(TCP_ACTIVE_CONNECTIONS, "Open connections on the TCP proxy");
+    describe_counter!(TCP_ERRORS_TOTAL, "TCP sessions that ended with an error");
+    describe_counter!(RECORDS_TOTAL, "Records written to the store");
+    describe_counter!(RECORD_BYTES_TOTAL, Unit::Bytes, "Body bytes recorded");
+    describe_counter!(
+        RECORDS_DROPPED_TOTAL,
+        "Records dropped (queue or spool full), by reason"
+    );
+    describe_counter!(
+        RECORD_WRITE_ERRORS_TOTAL,
+        "Failed batch writes to the store"
+    );
+    describe_histogram!(
+        RECORD_BATCH_SECONDS,
+        Unit::Seconds,
+        "Time to write one batch of records"
+    );
+    describe_gauge!(SPOOL_RECORDS, "Records waiting in memory for the store");
+    describe_gauge!(STORE_UP, "1 while the record store accepts writes");
+    describe_counter!(REPLAYS_TOTAL, "Records replayed, by protocol and result");
+    describe_histogram!(
+        REPLAY_DURATION_SECONDS,
+        Unit::Seconds,
+        "Time to replay one record"
+    );
+    describe_histogram!(
+        REPLAY_LAG_SECONDS,
+        Unit::Seconds,
+        "From capture in zone A to replay in zone B"
+    );
+    describe_counter!(SYNC_PULLS_TOTAL, "Batches pulled from the Record node");
+    describe_counter!(SYNC_ERRORS_TOTAL, "Failed sync rounds");
+    describe_gauge!(
+        SYNC_LAG_SECONDS,
+        Unit::Seconds,
+        "Age of the newest replayed record while a shard is behind"
+    );
+    describe_counter!(
+        COMMITS_TOTAL,
+        "Commits sent or taken, by transport and result"
+    );
+    describe_gauge!(SYNC_TRANSPORT, "1 for the transport the last pull used");
+    describe_counter!(MQTT_NOTIFICATIONS_TOTAL, "Shard notifications published");
+    describe_gauge!(
+        MQTT_CONNECTED,
+        "1 while the node's MQTT client is connected"
+    );
 }
 
 /// The Prometheus text page.

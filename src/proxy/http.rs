@@ -120,6 +120,9 @@ impl Handler<ResponseBody> for HttpProxy {
             }
         };
         parts.version = Version::HTTP_11;
+        if let Some(len) = http_body::Body::size_hint(&body).exact() {
+            histogram!(m::HTTP_REQUEST_SIZE_BYTES, "protocol" => "http").record(len as f64);
+        }
         let body = match &capture {
             Some(capture) => TeeBody::tapped(body, capture.clone(), Side::Request),
             None => TeeBody::plain(body),

@@ -495,5 +495,9 @@ async fn metrics_show_the_readme_names() {
     ] {
         assert!(text.contains(name), "{name} missing from:\n{text}");
     }
+    assert!(
+        text.contains("# HELP http_requests_total "),
+        "metrics carry HELP text:\n{text}"
+    );
     node.stop().await;
 }
