@@ -45,6 +45,18 @@ struct Tape {
 }
 
 impl Tape {
+    fn new(limit: usize) -> Tape {
+        Tape {
+            started: Instant::now(),
+            limit,
+            kept: 0,
+            truncated: false,
+            chunks: Vec::new(),
+            client_bytes: 0,
+            server_bytes: 0,
+        }
+    }
+
     fn push(&mut self, from_client: bool, data: &[u8]) {
         if from_client {
             self.client_bytes += data.len() as u64;
@@ -106,17 +118,10 @@ impl TcpProxy {
     async fn handle(&self, client: TcpStream, addr: SocketAddr) {
         let _ = client.set_nodelay(true);
         counter!(m::TCP_CONNECTIONS_TOTAL).increment(1);
-        let tape = self.recorder.as_ref().map(|r| {
-            Arc::new(Mutex::new(Tape {
-                started: Instant::now(),
-                limit: r.max_body_bytes(),
-                kept: 0,
-                truncated: false,
-                chunks: Vec::new(),
-                client_bytes: 0,
-                server_bytes: 0,
-            }))
-        });
+        let tape = self
+            .recorder
+            .as_ref()
+            .map(|r| Arc::new(Mutex::new(Tape::new(r.max_body_bytes()))));
         let captured_at_ms = crate::clock::now_ms();
         let started = Instant::now();
         let connected =
@@ -172,18 +177,7 @@ impl TcpProxy {
         let (Some(recorder), Some(tape)) = (&self.recorder, tape) else {
             return;
         };
-        let tape = std::mem::replace(
-            &mut *tape.lock().expect("tape lock"),
-            Tape {
-                started,
-                limit: 0,
-                kept: 0,
-                truncated: false,
-                chunks: Vec::new(),
-                client_bytes: 0,
-                server_bytes: 0,
-            },
-        );
+        let tape = std::mem::replace(&mut *tape.lock().expect("tape lock"), Tape::new(0));
         let record = Record {
             id: None,
             shard: 0,
