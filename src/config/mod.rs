@@ -272,6 +272,11 @@ pub struct RecordConfig {
     /// Shard by this request header instead of the client address.
     #[serde(default)]
     pub shard_key_header: Option<String>,
+    /// Request and response headers whose values are stored as
+    /// `[redacted]` (e.g. authorization, cookie, set-cookie). The proxied
+    /// exchange is untouched; a replay then sends `[redacted]`.
+    #[serde(default)]
+    pub redact_headers: Vec<String>,
     /// Records older than this many seconds are trimmed (0 keeps them).
     #[serde(default = "default_retention_secs")]
     pub retention_secs: u64,
@@ -289,6 +294,7 @@ impl Default for RecordConfig {
             spool_capacity: default_spool_capacity(),
             max_body_bytes: default_max_body_bytes(),
             shard_key_header: None,
+            redact_headers: Vec::new(),
             retention_secs: default_retention_secs(),
             retention_len: default_retention_len(),
         }
@@ -724,6 +730,14 @@ impl Config {
                 "record",
                 "queue_capacity, batch_size and spool_capacity must be at least 1".into(),
             ));
+        }
+        for header in &record.redact_headers {
+            if http::HeaderName::from_bytes(header.as_bytes()).is_err() {
+                return Err(invalid(
+                    "record.redact_headers",
+                    format!("`{header}` is not a valid header name"),
+                ));
+            }
         }
         if let Some(header) = &record.shard_key_header {
             if http::HeaderName::from_bytes(header.as_bytes()).is_err() {

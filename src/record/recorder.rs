@@ -63,6 +63,7 @@ struct Writer {
     stats: Arc<RecorderStats>,
     shards: u32,
     shard_key_header: Option<http::HeaderName>,
+    redact: Vec<http::HeaderName>,
     batch_size: usize,
     spool_capacity: usize,
     spool: VecDeque<NewRecord>,
@@ -94,6 +95,11 @@ impl Recorder {
                 .shard_key_header
                 .as_deref()
                 .and_then(|h| http::HeaderName::from_bytes(h.as_bytes()).ok()),
+            redact: config
+                .redact_headers
+                .iter()
+                .filter_map(|h| http::HeaderName::from_bytes(h.as_bytes()).ok())
+                .collect(),
             batch_size: config.batch_size,
             spool_capacity: config.spool_capacity,
             spool: VecDeque::new(),
@@ -322,11 +328,11 @@ impl Writer {
                     .path_and_query()
                     .map_or_else(|| "/".to_string(), |pq| pq.as_str().to_string()),
                 version: format!("{:?}", raw.version),
-                request_headers: headers_to_vec(&raw.request_headers),
+                request_headers: headers_to_vec(&raw.request_headers, &self.redact),
                 request_body_truncated: raw.request_body.truncated,
                 request_body: Body(raw.request_body.concat()),
                 status: raw.status.map(|s| s.as_u16()),
-                response_headers: headers_to_vec(&raw.response_headers),
+                response_headers: headers_to_vec(&raw.response_headers, &self.redact),
                 response_body_truncated: raw.response_body.truncated,
                 response_body: Body(raw.response_body.concat()),
             }),
@@ -341,16 +347,24 @@ fn record_body_bytes(record: &Record) -> usize {
     }
 }
 
-/// Headers in order, less hop-by-hop ones.
-pub fn headers_to_vec(headers: &http::HeaderMap) -> Vec<super::Header> {
+/// What a redacted header value is stored as.
+pub const REDACTED: &str = "[redacted]";
+
+/// Headers in order, less hop-by-hop ones, with `redact`ed values hidden.
+pub fn headers_to_vec(
+    headers: &http::HeaderMap,
+    redact: &[http::HeaderName],
+) -> Vec<super::Header> {
     headers
         .iter()
         .filter(|(name, _)| !is_hop_by_hop(name))
         .map(|(name, value)| {
-            (
-                name.as_str().to_string(),
-                header_value_to_string(value.as_bytes()),
-            )
+            let value = if redact.contains(name) {
+                REDACTED.to_string()
+            } else {
+                header_value_to_string(value.as_bytes())
+            };
+            (name.as_str().to_string(), value)
         })
         .collect()
 }

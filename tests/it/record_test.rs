@@ -501,3 +501,50 @@ async fn metrics_show_the_readme_names() {
     );
     node.stop().await;
 }
+
+#[tokio::test]
+async fn redacted_headers_are_proxied_but_not_stored() {
+    let downstream = FakeDownstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = support::record_config(
+        &downstream.url(),
+        1,
+        &StoreChoice::Embedded(dir.path().into()),
+    );
+    config["record"] = json!({"redact_headers": ["authorization", "content-type"]});
+    let node = support::start_node(config).await;
+    let response = support::client()
+        .request(
+            Request::get(format!("http://{}/private", node.http_addr.unwrap()))
+                .header("authorization", "Bearer zone-a-secret")
+                .header("x-visible", "yes")
+                .body(Full::default())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(
+        downstream.seen()[0].header("authorization"),
+        Some("Bearer zone-a-secret"),
+        "the downstream gets the real value"
+    );
+    let body = wait_for_records(node.api_addr, "peer_id=p", 1).await;
+    let text = body.to_string();
+    assert!(
+        !text.contains("zone-a-secret"),
+        "the secret is not stored: {text}"
+    );
+    let http = &body["records"][0]["exchange"]["http"];
+    let request: Vec<(String, String)> =
+        serde_json::from_value(http["request_headers"].clone()).unwrap();
+    assert!(request.contains(&("authorization".into(), "[redacted]".into())));
+    assert!(request.contains(&("x-visible".into(), "yes".into())));
+    let response: Vec<(String, String)> =
+        serde_json::from_value(http["response_headers"].clone()).unwrap();
+    assert!(
+        response.contains(&("content-type".into(), "[redacted]".into())),
+        "response headers too"
+    );
+    node.stop().await;
+}
