@@ -270,6 +270,8 @@ impl SyncRunner {
             gauge!(m::SYNC_LAG_SECONDS, "shard" => shard_label).set(0.0);
             return Ok((false, None));
         };
+        // Read every round, not only after a restart: a round whose commit
+        // failed after its results were saved is pulled again by the next.
         let done = self.store.replayed_upto(&self.peer_id, shard).await?;
         let mut results = Vec::with_capacity(batch.records.len());
         for record in &batch.records {

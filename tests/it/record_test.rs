@@ -37,12 +37,20 @@ async fn embedded_record_node(
     downstream: &str,
     shards: u32,
 ) -> (qproxy::node::RunningNode, tempfile::TempDir) {
+    embedded_record_node_with(downstream, shards, json!({})).await
+}
+
+/// The same, with this `record` section.
+async fn embedded_record_node_with(
+    downstream: &str,
+    shards: u32,
+    record: Value,
+) -> (qproxy::node::RunningNode, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let store = StoreChoice::Embedded(dir.path().into());
-    (
-        support::start_node(support::record_config(downstream, shards, &store)).await,
-        dir,
-    )
+    let mut config = support::record_config(downstream, shards, &store);
+    config["record"] = record;
+    (support::start_node(config).await, dir)
 }
 
 fn b64(s: &Value) -> Vec<u8> {
@@ -286,14 +294,12 @@ async fn malformed_queries_and_bodies_get_a_400_that_says_why() {
 #[tokio::test]
 async fn shard_by_header_keeps_a_key_on_one_shard() {
     let downstream = FakeDownstream::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let mut config = support::record_config(
+    let (node, _dir) = embedded_record_node_with(
         &downstream.url(),
         8,
-        &StoreChoice::Embedded(dir.path().into()),
-    );
-    config["record"] = json!({"shard_key_header": "x-tenant"});
-    let node = support::start_node(config).await;
+        json!({"shard_key_header": "x-tenant"}),
+    )
+    .await;
     let proxy = node.http_addr.unwrap();
     for i in 0..24 {
         let tenant = format!("t{}", i % 3);
@@ -505,14 +511,12 @@ async fn metrics_show_the_readme_names() {
 #[tokio::test]
 async fn redacted_headers_are_proxied_but_not_stored() {
     let downstream = FakeDownstream::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let mut config = support::record_config(
+    let (node, _dir) = embedded_record_node_with(
         &downstream.url(),
         1,
-        &StoreChoice::Embedded(dir.path().into()),
-    );
-    config["record"] = json!({"redact_headers": ["authorization", "content-type"]});
-    let node = support::start_node(config).await;
+        json!({"redact_headers": ["authorization", "content-type"]}),
+    )
+    .await;
     let response = support::client()
         .request(
             Request::get(format!("http://{}/private", node.http_addr.unwrap()))
