@@ -93,6 +93,7 @@ async fn sample_service(shutdown: &CancellationToken) -> Result<SocketAddr, Demo
     tokio::spawn(serve(
         "sample",
         listener,
+        None,
         SampleService,
         shutdown.clone(),
         Duration::from_secs(1),
@@ -106,7 +107,7 @@ fn config(text: Value) -> Config {
 }
 
 async fn call(method: Method, url: &str, body: &'static str) -> Option<(StatusCode, Value)> {
-    let client = crate::proxy::pooled_client::<Full<Bytes>>();
+    let client = crate::proxy::pooled_client::<Full<Bytes>>(crate::tls::no_client_tls());
     let req = Request::builder()
         .method(method)
         .uri(url)

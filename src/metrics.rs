@@ -17,6 +17,8 @@ pub const HTTP_ERRORS_TOTAL: &str = "http_errors_total";
 pub const TCP_CONNECTIONS_TOTAL: &str = "tcp_connections_total";
 pub const TCP_ACTIVE_CONNECTIONS: &str = "tcp_active_connections";
 pub const TCP_ERRORS_TOTAL: &str = "tcp_errors_total";
+/// TLS clients refused at the handshake, by listener (`http`, `api`, `tcp`).
+pub const TLS_HANDSHAKE_ERRORS_TOTAL: &str = "qproxy_tls_handshake_errors_total";
 
 pub const RECORDS_TOTAL: &str = "qproxy_records_total";
 pub const RECORD_BYTES_TOTAL: &str = "qproxy_record_bytes_total";
@@ -97,6 +99,10 @@ fn describe() {
     );
     describe_gauge!(TCP_ACTIVE_CONNECTIONS, "Open connections on the TCP proxy");
     describe_counter!(TCP_ERRORS_TOTAL, "TCP sessions that ended with an error");
+    describe_counter!(
+        TLS_HANDSHAKE_ERRORS_TOTAL,
+        "TLS clients refused at the handshake (garbage, untrusted or missing client certificate, timeout)"
+    );
     describe_counter!(RECORDS_TOTAL, "Records written to the store");
     describe_counter!(RECORD_BYTES_TOTAL, Unit::Bytes, "Body bytes recorded");
     describe_counter!(

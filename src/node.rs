@@ -15,7 +15,7 @@ use crate::config::{Config, Mode};
 use crate::mqtt_client::{MqttClient, MqttConfig};
 use crate::playback::{PlaybackStats, Replayer, SyncLink, SyncRunner};
 use crate::proxy::http::HttpProxy;
-use crate::proxy::tcp::TcpProxy;
+use crate::proxy::tcp::{TcpProxy, TcpTarget};
 use crate::record::recorder::Recorder;
 use crate::record::RecordId;
 use crate::server::serve;
@@ -41,6 +41,8 @@ pub enum NodeError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Broker(#[from] crate::broker::BrokerError),
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
 }
 
 /// A node started in this process.
@@ -84,6 +86,14 @@ async fn bind(what: &'static str, host: &str, port: u16) -> Result<TcpListener, 
 /// Opens the store, binds the listeners and starts everything.
 pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
     crate::metrics::handle();
+    let tls = crate::tls::Setup::new(&config)?;
+    let tcp_target = match config.tcp.as_ref().filter(|t| t.enabled) {
+        Some(t) => Some(TcpTarget::new(
+            &t.downstream,
+            t.downstream_tls.then(|| tls.client.clone()),
+        )?),
+        None => None,
+    };
     let store = store::open(&config)?;
     warn_unbuilt(&config);
     let http = match &config.http {
@@ -118,7 +128,13 @@ pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
     let shutdown = CancellationToken::new();
     let mode = config.mode;
     info!(%mode, http = ?http_addr, api = %api_addr, store = %store.describe(), "node starting");
-    let listeners = Listeners { http, tcp, api };
+    let listeners = Listeners {
+        http,
+        tcp,
+        api,
+        tls,
+        tcp_target,
+    };
     let task = tokio::spawn(run(config, store, listeners, broker_addr, shutdown.clone()));
     Ok(RunningNode {
         mode,
@@ -135,9 +151,6 @@ fn warn_unbuilt(config: &Config) {
     if config.grpc.as_ref().is_some_and(|g| g.enabled) {
         warn!("the grpc section is not served yet: this version proxies HTTP only");
     }
-    if config.tls.is_some() {
-        warn!("the tls section is not used yet: the http listener speaks plain HTTP");
-    }
     if config.service_discovery.is_some() {
         debug!("service_discovery is parsed; replay targets are http.downstream for now");
     }
@@ -148,6 +161,7 @@ fn mqtt_client(
     config: &Config,
     broker: Option<SocketAddr>,
     api: SocketAddr,
+    tls: &crate::tls::Setup,
 ) -> Option<Arc<MqttClient>> {
     let section = config.mqtt.as_ref().filter(|m| m.enabled)?;
     let (host, port) = match broker {
@@ -173,6 +187,7 @@ fn mqtt_client(
         token: section.token.clone(),
         query_timeout: Duration::from_millis(section.query_timeout_ms),
         max_packet_bytes: section.max_batch_bytes.saturating_add(1 << 20),
+        tls: section.tls.then(|| tls.client.clone()),
         ..MqttConfig::default()
     });
     client.start();
@@ -180,11 +195,13 @@ fn mqtt_client(
     Some(Arc::new(client))
 }
 
-/// The bound listeners of a node.
+/// The bound listeners of a node, their TLS, and the TCP proxy's target.
 struct Listeners {
     http: Option<TcpListener>,
     tcp: Option<TcpListener>,
     api: TcpListener,
+    tls: crate::tls::Setup,
+    tcp_target: Option<TcpTarget>,
 }
 
 async fn run(
@@ -194,10 +211,16 @@ async fn run(
     broker: Option<SocketAddr>,
     shutdown: CancellationToken,
 ) {
-    let Listeners { http, tcp, api } = listeners;
+    let Listeners {
+        http,
+        tcp,
+        api,
+        tls,
+        tcp_target,
+    } = listeners;
     let mut tasks: Vec<JoinHandle<()>> = Vec::new();
     let api_addr = api.local_addr().expect("a bound listener has an address");
-    let mqtt = mqtt_client(&config, broker, api_addr);
+    let mqtt = mqtt_client(&config, broker, api_addr, &tls);
     let topics = Topics::new(
         config
             .mqtt
@@ -247,13 +270,10 @@ async fn run(
         if let Some(target) = target {
             let replayer = Arc::new(Replayer::new(
                 target,
-                config
-                    .tcp
-                    .as_ref()
-                    .filter(|t| t.enabled)
-                    .map(|t| t.downstream.clone()),
+                tcp_target.clone(),
                 Duration::from_millis(config.playback.timeout_ms),
                 config.record.max_body_bytes,
+                tls.client.clone(),
             ));
             let peer = config.sync.peer.as_ref();
             if config.sync.enabled {
@@ -283,7 +303,7 @@ async fn run(
                 };
                 let runner = Arc::new(SyncRunner {
                     link: SyncLink {
-                        http: peer.map(PeerClient::new),
+                        http: peer.map(|p| PeerClient::new(p, tls.client.clone())),
                         mqtt: mqtt_link,
                     },
                     wake,
@@ -309,18 +329,19 @@ async fn run(
     }
 
     if let (Some(listener), Some(h)) = (http, &config.http) {
-        let proxy = HttpProxy::new(h.downstream.clone(), recorder.clone());
+        let proxy = HttpProxy::new(h.downstream.clone(), recorder.clone(), tls.client.clone());
         tasks.push(tokio::spawn(serve(
             "http",
             listener,
+            tls.http.clone(),
             proxy,
             shutdown.clone(),
             SHUTDOWN_GRACE,
             Some(count_http_connection),
         )));
     }
-    if let (Some(listener), Some(t)) = (tcp, &config.tcp) {
-        let proxy = TcpProxy::new(t.downstream.clone(), recorder.clone());
+    if let (Some(listener), Some(target)) = (tcp, tcp_target) {
+        let proxy = TcpProxy::new(target, tls.tcp.clone(), recorder.clone());
         tasks.push(tokio::spawn(proxy.serve(
             listener,
             shutdown.clone(),
@@ -343,6 +364,7 @@ async fn run(
     tasks.push(tokio::spawn(serve(
         "api",
         api,
+        tls.api.clone(),
         Api::new(api_state),
         shutdown.clone(),
         SHUTDOWN_GRACE,

@@ -1,7 +1,10 @@
-//! Serving HTTP (1.1 and h2c) on a bound listener until shutdown.
+//! Serving HTTP (1.1 and h2c, or HTTPS with ALPN h2/http1.1) on a bound
+//! listener until shutdown.
 //!
 //! Shared by the proxy listener and the API listener: accept stops at once
-//! when the token is cancelled, open connections get `grace` to finish.
+//! when the token is cancelled, open connections get `grace` to finish. A
+//! client whose TLS handshake fails is logged and counted; the listener
+//! goes on.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -21,6 +24,8 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
+use crate::tls::{Stream, TlsAcceptor};
+
 /// Connections one listener serves at once; more wait in the backlog.
 pub const MAX_CONNECTIONS: usize = 20_000;
 
@@ -33,10 +38,12 @@ pub trait Handler<B>: Clone + Send + Sync + 'static {
     ) -> impl Future<Output = Response<B>> + Send;
 }
 
-/// Serves `handler` on `listener` until `shutdown`; then drains for `grace`.
+/// Serves `handler` on `listener` (over TLS with `tls`) until `shutdown`;
+/// then drains for `grace`.
 pub async fn serve<H, B>(
     name: &'static str,
     listener: TcpListener,
+    tls: Option<TlsAcceptor>,
     handler: H,
     shutdown: CancellationToken,
     grace: Duration,
@@ -55,6 +62,7 @@ pub async fn serve<H, B>(
         .http2()
         .timer(hyper_util::rt::TokioTimer::new())
         .max_concurrent_streams(256);
+    let builder = Arc::new(builder);
     let graceful = GracefulShutdown::new();
     let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     loop {
@@ -80,15 +88,24 @@ pub async fn serve<H, B>(
             let handler = handler.clone();
             async move { Ok::<_, Infallible>(handler.call(req, client).await) }
         });
-        let conn = builder
-            .serve_connection(TokioIo::new(stream), service)
-            .into_owned();
-        let conn = graceful.watch(conn);
+        let watcher = graceful.watcher();
+        let builder = builder.clone();
+        let tls = tls.clone();
         tokio::spawn(async move {
+            let stream = match &tls {
+                Some(acceptor) => match crate::tls::accept(acceptor, stream).await {
+                    Ok(stream) => stream,
+                    Err(e) => return crate::proxy::tcp::handshake_failed(name, client, &e),
+                },
+                None => Stream::Plain(stream),
+            };
             if let Some(f) = on_connection {
                 f(1);
             }
-            if let Err(e) = conn.await {
+            let conn = builder
+                .serve_connection(TokioIo::new(stream), service)
+                .into_owned();
+            if let Err(e) = watcher.watch(conn).await {
                 debug!(listener = name, client = %client, error = %e, "connection ended with an error");
             }
             if let Some(f) = on_connection {

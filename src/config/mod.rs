@@ -101,6 +101,13 @@ pub struct HttpConfig {
     pub host: String,
     pub port: u16,
     pub downstream: Downstream,
+    /// HTTPS on this listener with `tls.tls_cert`/`tls_key`; default: on
+    /// when `tls.tls_cert` is set.
+    #[serde(default)]
+    pub tls: Option<bool>,
+    /// Require client certificates signed by this CA bundle (mutual TLS).
+    #[serde(default)]
+    pub client_ca: Option<PathBuf>,
 }
 
 /// A `grpc` section: accepted so that the original examples load; the gRPC
@@ -117,7 +124,7 @@ pub struct GrpcConfig {
     pub downstream: Vec<String>,
 }
 
-/// The raw TCP proxy (plain TCP; TLS on either side comes later).
+/// The raw TCP proxy, with optional TLS on either side.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TcpConfig {
@@ -129,6 +136,24 @@ pub struct TcpConfig {
     /// `host:port`; on a Playback node also where TCP sessions are replayed.
     #[serde(deserialize_with = "host_port")]
     pub downstream: String,
+    /// TLS on this listener with `tls.tls_cert`/`tls_key`.
+    #[serde(default)]
+    pub tls: bool,
+    /// Require client certificates signed by this CA bundle (mutual TLS).
+    #[serde(default)]
+    pub client_ca: Option<PathBuf>,
+    /// TLS towards the downstream, verified against `tls.ca`.
+    #[serde(default)]
+    pub downstream_tls: bool,
+}
+
+impl TcpConfig {
+    /// The downstream's host, for its certificate's name.
+    pub fn downstream_host(&self) -> &str {
+        self.downstream
+            .rsplit_once(':')
+            .map_or(&*self.downstream, |(host, _)| host)
+    }
 }
 
 fn host_port<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
@@ -145,12 +170,26 @@ fn host_port<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
     }
 }
 
-/// A `tls` section as in the original README; HTTPS is not built yet.
-#[derive(Debug, Clone, Deserialize)]
+/// The `tls` section: this node's certificate (`tls_cert`, `tls_key`, as
+/// in the original README) for its TLS listeners, and what its outgoing TLS
+/// links trust (`ca`) and present (`client_cert`, `client_key`). Paths are
+/// PEM files, relative to the working directory.
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TlsConfig {
-    pub tls_cert: PathBuf,
-    pub tls_key: PathBuf,
+    #[serde(default)]
+    pub tls_cert: Option<PathBuf>,
+    #[serde(default)]
+    pub tls_key: Option<PathBuf>,
+    /// CA bundle for https downstreams, TLS TCP downstreams, the peer and
+    /// the MQTT broker; the system's roots when unset.
+    #[serde(default)]
+    pub ca: Option<PathBuf>,
+    /// Presented when a server asks for a client certificate.
+    #[serde(default)]
+    pub client_cert: Option<PathBuf>,
+    #[serde(default)]
+    pub client_key: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -201,7 +240,8 @@ pub struct PeerConfig {
     pub host: String,
     #[serde(default = "default_api_port")]
     pub port: u16,
-    /// HTTPS to the peer; not built yet.
+    /// HTTPS to the peer's API, verified against `tls.ca`; the peer's
+    /// certificate must name `host`.
     #[serde(default)]
     pub tls: bool,
     /// Sent as `Authorization: Bearer …` to the peer's API.
@@ -237,6 +277,12 @@ pub struct ApiConfig {
     /// When set, every path but `/health` needs `Authorization: Bearer <token>`.
     #[serde(default)]
     pub auth_token: Option<String>,
+    /// HTTPS on the API listener with `tls.tls_cert`/`tls_key`.
+    #[serde(default)]
+    pub tls: bool,
+    /// Require client certificates signed by this CA bundle (mutual TLS).
+    #[serde(default)]
+    pub client_ca: Option<PathBuf>,
 }
 
 impl Default for ApiConfig {
@@ -245,6 +291,8 @@ impl Default for ApiConfig {
             host: default_host(),
             port: default_api_port(),
             auth_token: None,
+            tls: false,
+            client_ca: None,
         }
     }
 }
@@ -425,6 +473,9 @@ pub struct MqttSection {
     pub max_batch_bytes: usize,
     #[serde(default)]
     pub embedded_broker: Option<EmbeddedBrokerConfig>,
+    /// MQTT over TLS to the broker, verified against `tls.ca`.
+    #[serde(default)]
+    pub tls: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -470,6 +521,10 @@ impl Downstream {
         self.uri.authority().expect("checked when parsed")
     }
 
+    pub fn is_https(&self) -> bool {
+        self.uri.scheme_str() == Some("https")
+    }
+
     /// The path prefix without a trailing `/` (empty for none).
     pub fn path_prefix(&self) -> &str {
         self.uri.path().trim_end_matches('/')
@@ -484,13 +539,12 @@ impl FromStr for Downstream {
             format!("`{s}` is not a URL ({e}); expected e.g. http://localhost:8081")
         })?;
         match uri.scheme_str() {
-            Some("http") => {}
-            Some("https") => {
+            Some("http" | "https") => {}
+            _ => {
                 return Err(format!(
-                    "`{s}`: https downstreams are not supported yet; use http://"
+                    "`{s}` needs an http:// or https:// scheme, e.g. http://{s}"
                 ))
             }
-            _ => return Err(format!("`{s}` needs an http:// scheme, e.g. http://{s}")),
         }
         if uri.authority().is_none() {
             return Err(format!("`{s}` has no host"));
@@ -703,19 +757,9 @@ impl Config {
                 ));
             }
         }
-        if let Some(peer) = self
-            .sync
-            .peer
-            .as_ref()
-            .filter(|_| self.mode == Mode::Playback && self.sync.enabled)
-        {
-            if peer.tls {
-                return Err(invalid(
-                    "sync.peer.tls",
-                    "TLS to the peer is not supported yet; set it to false".into(),
-                ));
-            }
-        }
+        self.check_tls()
+            .map_err(|(key, message)| invalid(key, message))?;
+        crate::tls::Setup::new(self).map_err(|e| invalid(e.key(), e.message()))?;
         if let Some(redis) = &self.redis {
             if let Err(e) = redis::Client::open(redis.url.as_str()) {
                 return Err(invalid("redis.url", format!("{e}")));
@@ -767,6 +811,76 @@ impl Config {
                 return Err(invalid(
                     "api.auth_token",
                     "use at least 16 characters".into(),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Config {
+    /// Whether the `http` listener speaks HTTPS.
+    pub fn http_tls(&self) -> bool {
+        let cert = self.tls.as_ref().is_some_and(|t| t.tls_cert.is_some());
+        self.http
+            .as_ref()
+            .is_some_and(|h| h.enabled && h.tls.unwrap_or(cert))
+    }
+
+    /// Whether this node opens any TLS connection itself.
+    pub fn needs_client_tls(&self) -> bool {
+        let https = self
+            .http
+            .as_ref()
+            .is_some_and(|h| h.enabled && h.downstream.is_https());
+        let tcp = self
+            .tcp
+            .as_ref()
+            .is_some_and(|t| t.enabled && t.downstream_tls);
+        let peer = self.mode == Mode::Playback
+            && self.sync.enabled
+            && self.sync.peer.as_ref().is_some_and(|p| p.tls);
+        let mqtt = self.mqtt.as_ref().is_some_and(|m| m.enabled && m.tls);
+        https || tcp || peer || mqtt
+    }
+
+    /// TLS keys that must come together.
+    fn check_tls(&self) -> Result<(), (&'static str, String)> {
+        let tls = self.tls.clone().unwrap_or_default();
+        if tls.tls_cert.is_some() != tls.tls_key.is_some() {
+            return Err(("tls", "tls_cert and tls_key go together".into()));
+        }
+        if tls.client_cert.is_some() != tls.client_key.is_some() {
+            return Err(("tls", "client_cert and client_key go together".into()));
+        }
+        let listeners = [
+            (
+                "http.tls",
+                self.http_tls(),
+                "http.client_ca",
+                self.http.as_ref().and_then(|h| h.client_ca.as_ref()),
+            ),
+            (
+                "api.tls",
+                self.api.tls,
+                "api.client_ca",
+                self.api.client_ca.as_ref(),
+            ),
+            (
+                "tcp.tls",
+                self.tcp.as_ref().is_some_and(|t| t.enabled && t.tls),
+                "tcp.client_ca",
+                self.tcp.as_ref().and_then(|t| t.client_ca.as_ref()),
+            ),
+        ];
+        for (key, on, ca_key, ca) in listeners {
+            if on && tls.tls_cert.is_none() {
+                return Err((key, "needs tls.tls_cert and tls.tls_key (PEM files)".into()));
+            }
+            if ca.is_some() && !on {
+                return Err((
+                    ca_key,
+                    format!("client certificates need TLS: set {key} to true"),
                 ));
             }
         }

@@ -24,7 +24,7 @@ use super::message::{topic_matches, topic_safe, Message, QoS, QueryRequest, Quer
 use crate::record::Body;
 
 /// How to reach a broker and behave there.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct MqttConfig {
     pub client_id: String,
     pub host: String,
@@ -46,6 +46,25 @@ pub struct MqttConfig {
     pub max_packet_bytes: usize,
     /// Longest pause between reconnect attempts.
     pub max_reconnect_delay: Duration,
+    /// MQTT over TLS with this rustls client config (the server's
+    /// certificate must name `host`); plain TCP when `None`.
+    pub tls: Option<Arc<rustls::ClientConfig>>,
+}
+
+/// Everything but the token, which is a secret.
+impl std::fmt::Debug for MqttConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MqttConfig")
+            .field("client_id", &self.client_id)
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("keep_alive", &self.keep_alive)
+            .field("app_id", &self.app_id)
+            .field("token", &self.token.as_ref().map(|_| "[redacted]"))
+            .field("clean_session", &self.clean_session)
+            .field("tls", &self.tls.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 impl Default for MqttConfig {
@@ -67,6 +86,7 @@ impl Default for MqttConfig {
             query_timeout: Duration::from_secs(5),
             max_packet_bytes: 16 << 20,
             max_reconnect_delay: Duration::from_secs(5),
+            tls: None,
         }
     }
 }
@@ -187,6 +207,11 @@ impl MqttClient {
             .set_request_channel_capacity(1024);
         if let Some(user) = &self.config.app_id {
             options.set_credentials(user, self.config.token.clone().unwrap_or_default());
+        }
+        if let Some(tls) = &self.config.tls {
+            options.set_transport(rumqttc::Transport::tls_with_config(
+                rumqttc::TlsConfiguration::Rustls(tls.clone()),
+            ));
         }
         let (client, mut eventloop) = AsyncClient::new(options, 1024);
         // Small packets (notifications, queries) must not wait for Nagle.

@@ -1,11 +1,11 @@
 //! Replaying one record against zone B's target and judging the answer.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue, Method, Request};
 use http_body_util::{BodyExt, Full, Limited};
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use metrics::{counter, histogram};
 
@@ -15,6 +15,7 @@ use crate::config::Downstream;
 use crate::metrics as m;
 use crate::proxy::headers::is_hop_by_hop;
 use crate::proxy::http::target_uri;
+use crate::proxy::tcp::TcpTarget;
 use crate::record::{header_value_to_bytes, Exchange, HttpExchange, Record, RecordId, TcpSession};
 
 /// Every replayed request carries this, so a target can tell replays apart
@@ -25,24 +26,25 @@ pub const REPLAY_ID_HEADER: &str = "x-qproxy-replay-id";
 pub const REPLAY_SHARD_HEADER: &str = "x-qproxy-replay-shard";
 
 pub struct Replayer {
-    client: Client<HttpConnector, Full<Bytes>>,
+    client: Client<crate::proxy::Connector, Full<Bytes>>,
     target: Downstream,
-    tcp_target: Option<String>,
+    tcp_target: Option<TcpTarget>,
     timeout: Duration,
     max_body_bytes: usize,
 }
 
 impl Replayer {
-    /// Replays HTTP records against `target` and TCP sessions against
-    /// `tcp_target` (`host:port`), when there is one.
+    /// Replays HTTP records against `target` (an https one with `tls`) and
+    /// TCP sessions against `tcp_target`, when there is one.
     pub fn new(
         target: Downstream,
-        tcp_target: Option<String>,
+        tcp_target: Option<TcpTarget>,
         timeout: Duration,
         max_body_bytes: usize,
+        tls: Arc<rustls::ClientConfig>,
     ) -> Replayer {
         Replayer {
-            client: crate::proxy::pooled_client(),
+            client: crate::proxy::pooled_client(tls),
             target,
             tcp_target,
             timeout,
@@ -221,19 +223,16 @@ impl Replayer {
 /// How long a replayed TCP session waits for the server's next bytes.
 const TCP_IDLE: Duration = Duration::from_secs(2);
 
-async fn run_tcp(target: &str, tcp: &TcpSession) -> Result<Vec<u8>, String> {
+async fn run_tcp(target: &TcpTarget, tcp: &TcpSession) -> Result<Vec<u8>, String> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let stream = tokio::net::TcpStream::connect(target)
-        .await
-        .map_err(|e| e.to_string())?;
-    let _ = stream.set_nodelay(true);
-    let (mut reader, mut writer) = stream.into_split();
+    let stream = target.connect().await?;
+    let (mut reader, mut writer) = tokio::io::split(stream);
     let mut got: Vec<u8> = Vec::with_capacity(tcp.server_bytes as usize);
     let mut buf = vec![0u8; 64 << 10];
     let mut server_done = false;
     // Reads until `want` server bytes are in, the server closes, or it idles.
     async fn read_up_to(
-        reader: &mut tokio::net::tcp::OwnedReadHalf,
+        reader: &mut tokio::io::ReadHalf<crate::tls::Stream>,
         buf: &mut [u8],
         got: &mut Vec<u8>,
         want: u64,

@@ -15,7 +15,6 @@ use http::uri::{PathAndQuery, Scheme};
 use http::{Request, Response, StatusCode, Uri, Version};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use metrics::{counter, histogram};
 use tracing::debug;
@@ -35,17 +34,22 @@ pub struct HttpProxy {
 }
 
 struct Inner {
-    client: Client<HttpConnector, TeeBody<Incoming>>,
+    client: Client<super::Connector, TeeBody<Incoming>>,
     downstream: Downstream,
     recorder: Option<Recorder>,
 }
 
 impl HttpProxy {
-    /// A proxy to `downstream`; with a recorder, every exchange is recorded.
-    pub fn new(downstream: Downstream, recorder: Option<Recorder>) -> HttpProxy {
+    /// A proxy to `downstream` (https ones with `tls`); with a recorder,
+    /// every exchange is recorded.
+    pub fn new(
+        downstream: Downstream,
+        recorder: Option<Recorder>,
+        tls: Arc<rustls::ClientConfig>,
+    ) -> HttpProxy {
         HttpProxy {
             inner: Arc::new(Inner {
-                client: super::pooled_client(),
+                client: super::pooled_client(tls),
                 downstream,
                 recorder,
             }),
@@ -65,8 +69,13 @@ pub fn target_uri(downstream: &Downstream, uri: &Uri) -> Result<Uri, http::Error
             PathAndQuery::try_from(format!("{prefix}{pq}"))?
         }
     };
+    let scheme = if downstream.is_https() {
+        Scheme::HTTPS
+    } else {
+        Scheme::HTTP
+    };
     Uri::builder()
-        .scheme(Scheme::HTTP)
+        .scheme(scheme)
         .authority(downstream.authority().clone())
         .path_and_query(path_and_query)
         .build()

@@ -6,6 +6,8 @@
 //! When one side stops sending, the other side's write half is shut down,
 //! so request/response protocols that use half-close keep working.
 
+use std::fmt;
+use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
@@ -13,23 +15,83 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use metrics::{counter, gauge};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use rustls::pki_types::ServerName;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use crate::metrics as m;
 use crate::record::recorder::Recorder;
 use crate::record::{Body, Exchange, Record, TcpChunk, TcpSession};
+use crate::tls::{Stream, TlsAcceptor, TlsConnector, TlsError};
 
 const BUFFER: usize = 64 << 10;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Where raw TCP goes: `host:port`, with TLS when configured.
+#[derive(Clone)]
+pub struct TcpTarget {
+    addr: Arc<str>,
+    tls: Option<(TlsConnector, ServerName<'static>)>,
+}
+
+impl TcpTarget {
+    /// `addr` is `host:port`; with `tls`, the server's certificate must
+    /// name `host`.
+    pub fn new(addr: &str, tls: Option<Arc<rustls::ClientConfig>>) -> Result<TcpTarget, TlsError> {
+        let tls = match tls {
+            Some(config) => {
+                let host = addr.rsplit_once(':').map_or(addr, |(host, _)| host);
+                Some((TlsConnector::from(config), crate::tls::server_name(host)?))
+            }
+            None => None,
+        };
+        Ok(TcpTarget {
+            addr: addr.into(),
+            tls,
+        })
+    }
+
+    /// A connection within [`CONNECT_TIMEOUT`] (and the TLS handshake's
+    /// own timeout), with `TCP_NODELAY`.
+    pub async fn connect(&self) -> Result<Stream, String> {
+        let stream =
+            match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(&*self.addr)).await {
+                Ok(Ok(stream)) => stream,
+                Ok(Err(e)) => return Err(e.to_string()),
+                Err(_) => return Err(format!("no connection within {CONNECT_TIMEOUT:?}")),
+            };
+        let _ = stream.set_nodelay(true);
+        match &self.tls {
+            Some((connector, name)) => crate::tls::connect(connector, name.clone(), stream)
+                .await
+                .map_err(|e| format!("TLS: {}", tls_reason(&e))),
+            None => Ok(Stream::Plain(stream)),
+        }
+    }
+}
+
+impl fmt::Display for TcpTarget {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.addr)
+    }
+}
+
+/// What went wrong in a handshake, in a person's words ("invalid peer
+/// certificate: Expired" rather than "Custom { kind: InvalidData, … }").
+pub fn tls_reason(e: &io::Error) -> String {
+    match e.get_ref() {
+        Some(inner) => inner.to_string(),
+        None => e.to_string(),
+    }
+}
+
 #[derive(Clone)]
 pub struct TcpProxy {
-    downstream: Arc<str>,
+    downstream: TcpTarget,
+    acceptor: Option<TlsAcceptor>,
     recorder: Option<Recorder>,
 }
 
@@ -77,9 +139,16 @@ impl Tape {
 }
 
 impl TcpProxy {
-    pub fn new(downstream: String, recorder: Option<Recorder>) -> TcpProxy {
+    /// A proxy to `downstream`; with `acceptor` clients speak TLS to it,
+    /// with a recorder every connection is recorded (in plaintext).
+    pub fn new(
+        downstream: TcpTarget,
+        acceptor: Option<TlsAcceptor>,
+        recorder: Option<Recorder>,
+    ) -> TcpProxy {
         TcpProxy {
-            downstream: downstream.into(),
+            downstream,
+            acceptor,
             recorder,
         }
     }
@@ -118,37 +187,28 @@ impl TcpProxy {
     async fn handle(&self, client: TcpStream, addr: SocketAddr) {
         let _ = client.set_nodelay(true);
         counter!(m::TCP_CONNECTIONS_TOTAL).increment(1);
+        let client = match &self.acceptor {
+            Some(acceptor) => match crate::tls::accept(acceptor, client).await {
+                Ok(tls) => tls,
+                Err(e) => return handshake_failed("tcp", addr, &e),
+            },
+            None => Stream::Plain(client),
+        };
         let tape = self
             .recorder
             .as_ref()
             .map(|r| Arc::new(Mutex::new(Tape::new(r.max_body_bytes()))));
         let captured_at_ms = crate::clock::now_ms();
         let started = Instant::now();
-        let connected =
-            tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(&*self.downstream)).await;
-        let server = match connected {
-            Ok(Ok(server)) => server,
-            Ok(Err(e)) => {
-                return self.finish(
-                    addr,
-                    captured_at_ms,
-                    started,
-                    tape,
-                    Some(format!("downstream {}: {e}", self.downstream)),
-                    "error",
-                )
-            }
-            Err(_) => {
-                let error = format!(
-                    "downstream {}: no connection within {CONNECT_TIMEOUT:?}",
-                    self.downstream
-                );
+        let server = match self.downstream.connect().await {
+            Ok(server) => server,
+            Err(e) => {
+                let error = format!("downstream {}: {e}", self.downstream);
                 return self.finish(addr, captured_at_ms, started, tape, Some(error), "error");
             }
         };
-        let _ = server.set_nodelay(true);
-        let (client_read, client_write) = client.into_split();
-        let (server_read, server_write) = server.into_split();
+        let (client_read, client_write) = tokio::io::split(client);
+        let (server_read, server_write) = tokio::io::split(server);
         let first_eof = AtomicU8::new(0);
         let upstream = pump(client_read, server_write, true, tape.clone(), &first_eof);
         let downstream = pump(server_read, client_write, false, tape.clone(), &first_eof);
@@ -198,12 +258,19 @@ impl TcpProxy {
     }
 }
 
+/// A client whose TLS handshake failed: logged, counted, and nothing more
+/// (no record: nothing was exchanged).
+pub fn handshake_failed(listener: &'static str, client: SocketAddr, e: &io::Error) {
+    counter!(m::TLS_HANDSHAKE_ERRORS_TOTAL, "listener" => listener).increment(1);
+    info!(listener, client = %client, error = %tls_reason(e), "TLS handshake failed");
+}
+
 /// Copies one direction until EOF, then shuts the other side's write half
 /// (half-close). `first_eof` learns which side stopped sending first:
 /// 1 the client, 2 the server.
 async fn pump(
-    mut from: OwnedReadHalf,
-    mut to: OwnedWriteHalf,
+    mut from: impl AsyncRead + Unpin,
+    mut to: impl AsyncWrite + Unpin,
     from_client: bool,
     tape: Option<Arc<Mutex<Tape>>>,
     first_eof: &AtomicU8,
@@ -215,10 +282,13 @@ async fn pump(
         ("server", "client")
     };
     loop {
-        let n = from
-            .read(&mut buf)
-            .await
-            .map_err(|e| format!("reading from the {side}: {e}"))?;
+        let n = match from.read(&mut buf).await {
+            Ok(n) => n,
+            // A TLS peer that closes without close_notify: a plain close
+            // here, as most TLS stacks treat it.
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => 0,
+            Err(e) => return Err(format!("reading from the {side}: {e}")),
+        };
         if n == 0 {
             let _ = first_eof.compare_exchange(
                 0,

@@ -1,12 +1,12 @@
 //! The Playback node's side of the HTTP sync link: `GET /sync` and
 //! `POST /commit` against the Record node's API listener.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::{header, Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 
 use super::{Checkpoint, CommitRequest, SyncBatch};
@@ -30,16 +30,19 @@ pub enum PeerError {
 }
 
 pub struct PeerClient {
-    client: Client<HttpConnector, Full<Bytes>>,
+    client: Client<crate::proxy::Connector, Full<Bytes>>,
+    scheme: &'static str,
     addr: String,
     auth: Option<String>,
     timeout: Duration,
 }
 
 impl PeerClient {
-    pub fn new(peer: &PeerConfig) -> PeerClient {
+    /// A client of `peer`'s API; HTTPS with `tls` when `peer.tls`.
+    pub fn new(peer: &PeerConfig, tls: Arc<rustls::ClientConfig>) -> PeerClient {
         PeerClient {
-            client: crate::proxy::pooled_client(),
+            client: crate::proxy::pooled_client(tls),
+            scheme: if peer.tls { "https" } else { "http" },
             addr: format!("{}:{}", peer.host, peer.port),
             auth: peer.auth_token.as_ref().map(|t| format!("Bearer {t}")),
             timeout: Duration::from_millis(peer.timeout_ms.max(1)),
@@ -84,7 +87,7 @@ impl PeerClient {
     async fn call(&self, method: Method, path: &str, body: Bytes) -> Result<Bytes, PeerError> {
         let mut req = Request::builder()
             .method(method)
-            .uri(format!("http://{}{}", self.addr, path))
+            .uri(format!("{}://{}{}", self.scheme, self.addr, path))
             .header(header::ACCEPT, "application/msgpack")
             .header(header::CONTENT_TYPE, "application/json");
         if let Some(auth) = &self.auth {
