@@ -1023,4 +1023,61 @@ mod tests {
         let err = parse("{\"mode\": \"Record\", \"sync\": {\"shards\": 0}}").unwrap_err();
         assert!(err.to_string().contains("sync.shards"), "{err}");
     }
+
+    #[test]
+    fn tls_keys_that_go_together_and_missing_files_are_named() {
+        let http = r#""http": {"port": 8080, "downstream": "https://localhost:8443"}"#;
+        for (tls, key, says) in [
+            (
+                r#"{"tls_cert": "c.pem"}"#,
+                "tls",
+                "tls_cert and tls_key go together",
+            ),
+            (
+                r#"{"client_key": "k.pem"}"#,
+                "tls",
+                "client_cert and client_key go together",
+            ),
+            (
+                r#"{"tls_cert": "/nonexistent/c.pem", "tls_key": "/nonexistent/k.pem"}"#,
+                "tls.tls_cert",
+                "`/nonexistent/c.pem`: cannot read it",
+            ),
+            (
+                r#"{"ca": "/nonexistent/ca.pem"}"#,
+                "tls.ca",
+                "/nonexistent/ca.pem",
+            ),
+        ] {
+            let text = format!(r#"{{"mode": "Record", {http}, "tls": {tls}}}"#);
+            let err = parse(&text).unwrap_err().to_string();
+            assert!(err.contains(&format!(": {key}: ")), "{tls}: {err}");
+            assert!(err.contains(says), "{tls}: {err}");
+        }
+        let err = parse(r#"{"mode": "Record", "api": {"tls": true}}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("api.tls: needs tls.tls_cert"), "{err}");
+        let err = parse(r#"{"mode": "Record", "api": {"client_ca": "ca.pem"}}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("api.client_ca: client certificates need TLS"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_pem_file_without_a_certificate_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("ca.pem");
+        std::fs::write(&ca, "not a certificate\n").unwrap();
+        let text = format!(
+            r#"{{"mode": "Record", "tls": {{"ca": "{}"}}}}"#,
+            ca.display()
+        );
+        let err = parse(&text).unwrap_err().to_string();
+        assert!(err.contains("tls.ca"), "{err}");
+        assert!(err.contains("no CERTIFICATE in it"), "{err}");
+    }
 }

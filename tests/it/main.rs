@@ -2,6 +2,7 @@
 //! with their module's name, so `cargo test record_test` (or `proxy_test`,
 //! `playback_test`, `store_test`, `config_test`) selects one area.
 
+mod pki;
 mod support;
 
 mod config_test;
@@ -13,3 +14,4 @@ mod proxy_test;
 mod record_test;
 mod store_test;
 mod tcp_test;
+mod tls_test;

@@ -57,6 +57,8 @@ where
 /// A `redis-server` on a free port in its own folder; killed on drop.
 pub struct RedisServer {
     pub port: u16,
+    /// The TLS port, for a server started with [`RedisServer::start_tls`].
+    pub tls_port: Option<u16>,
     process: ServerProcess,
     dir: tempfile::TempDir,
 }
@@ -106,6 +108,29 @@ impl Drop for ServerProcess {
 
 impl RedisServer {
     pub fn start() -> RedisServer {
+        RedisServer::start_with(None, Vec::new())
+    }
+
+    /// Plain on `port` (for the test's own checks) and TLS on `tls_port`
+    /// with this certificate; clients need no certificate.
+    pub fn start_tls(cert: &Path, key: &Path, ca: &Path) -> RedisServer {
+        let tls_port = free_port();
+        let args = vec![
+            "--tls-port".into(),
+            tls_port.to_string().into(),
+            "--tls-cert-file".into(),
+            cert.into(),
+            "--tls-key-file".into(),
+            key.into(),
+            "--tls-ca-cert-file".into(),
+            ca.into(),
+            "--tls-auth-clients".into(),
+            "no".into(),
+        ];
+        RedisServer::start_with(Some(tls_port), args)
+    }
+
+    fn start_with(tls_port: Option<u16>, extra: Vec<std::ffi::OsString>) -> RedisServer {
         let dir = tempfile::tempdir().expect("temp dir");
         let port = free_port();
         let mut command: Vec<std::ffi::OsString> = [
@@ -120,8 +145,10 @@ impl RedisServer {
         .map(Into::into)
         .collect();
         command.push(dir.path().into());
+        command.extend(extra);
         let mut server = RedisServer {
             port,
+            tls_port,
             process: ServerProcess::new(command),
             dir,
         };
@@ -190,6 +217,7 @@ impl Seen {
 /// so two such servers answer the same request the same way.
 pub struct FakeDownstream {
     pub addr: SocketAddr,
+    tls: bool,
     seen: Arc<Mutex<Vec<Seen>>>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -201,6 +229,16 @@ impl FakeDownstream {
 
     /// Each answer waits `delay` first, like a service doing real work.
     pub async fn start_with_delay(delay: Duration) -> FakeDownstream {
+        FakeDownstream::serve(delay, None).await
+    }
+
+    /// The same over HTTPS with `acceptor`'s certificate.
+    pub async fn start_tls(acceptor: qproxy::tls::TlsAcceptor) -> FakeDownstream {
+        FakeDownstream::serve(Duration::ZERO, Some(acceptor)).await
+    }
+
+    async fn serve(delay: Duration, tls: Option<qproxy::tls::TlsAcceptor>) -> FakeDownstream {
+        let is_tls = tls.is_some();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
@@ -211,7 +249,15 @@ impl FakeDownstream {
                     continue;
                 };
                 let store = store.clone();
+                let tls = tls.clone();
                 tokio::spawn(async move {
+                    let stream = match &tls {
+                        Some(acceptor) => match qproxy::tls::accept(acceptor, stream).await {
+                            Ok(stream) => stream,
+                            Err(_) => return,
+                        },
+                        None => qproxy::tls::Stream::Plain(stream),
+                    };
                     let service = service_fn(move |req: Request<Incoming>| {
                         let store = store.clone();
                         async move {
@@ -227,11 +273,17 @@ impl FakeDownstream {
                 });
             }
         });
-        FakeDownstream { addr, seen, task }
+        FakeDownstream {
+            addr,
+            tls: is_tls,
+            seen,
+            task,
+        }
     }
 
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://{}", self.addr)
     }
 
     pub fn seen(&self) -> Vec<Seen> {
@@ -539,9 +591,20 @@ impl Mosquitto {
     }
 
     pub fn start_on(port: u16, user: Option<(&str, &str)>) -> Mosquitto {
+        Mosquitto::start_with(port, user, "")
+    }
+
+    /// MQTT over TLS only, with this certificate; clients need none.
+    pub fn start_tls(cert: &Path, key: &Path) -> Mosquitto {
+        let listener = format!("certfile {}\nkeyfile {}\n", cert.display(), key.display());
+        Mosquitto::start_with(free_port(), None, &listener)
+    }
+
+    /// `listener_conf` goes right after the listener line.
+    fn start_with(port: u16, user: Option<(&str, &str)>, listener_conf: &str) -> Mosquitto {
         let dir = tempfile::tempdir().expect("temp dir");
         let mut conf = format!(
-            "listener {port} 127.0.0.1\npersistence false\nuser root\nmax_queued_messages 100000\n"
+            "listener {port} 127.0.0.1\n{listener_conf}persistence false\nuser root\nmax_queued_messages 100000\n"
         );
         match user {
             Some((name, password)) => {
