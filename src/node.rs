@@ -268,13 +268,16 @@ async fn run(
         let stats = Arc::new(PlaybackStats::default());
         let target = config.http.as_ref().map(|h| h.downstream.clone());
         if let Some(target) = target {
-            let replayer = Arc::new(Replayer::new(
-                target,
-                tcp_target.clone(),
-                Duration::from_millis(config.playback.timeout_ms),
-                config.record.max_body_bytes,
-                tls.client.clone(),
-            ));
+            let replayer = Arc::new(
+                Replayer::new(
+                    target,
+                    tcp_target.clone(),
+                    Duration::from_millis(config.playback.timeout_ms),
+                    config.record.max_body_bytes,
+                    tls.client.clone(),
+                )
+                .with_tcp_pacing(config.playback.tcp_pacing),
+            );
             let peer = config.sync.peer.as_ref();
             if config.sync.enabled {
                 let wake: Arc<[Notify]> = (0..config.sync.shards).map(|_| Notify::new()).collect();

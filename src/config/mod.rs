@@ -358,6 +358,9 @@ pub struct PlaybackConfig {
     /// Replay results kept per shard.
     #[serde(default = "default_results_len")]
     pub results_retention_len: u64,
+    /// How a TCP session's client chunks are sent at replay.
+    #[serde(default)]
+    pub tcp_pacing: TcpPacing,
 }
 
 impl Default for PlaybackConfig {
@@ -365,8 +368,20 @@ impl Default for PlaybackConfig {
         PlaybackConfig {
             timeout_ms: default_replay_timeout_ms(),
             results_retention_len: default_results_len(),
+            tcp_pacing: TcpPacing::default(),
         }
     }
+}
+
+/// `fast`: each client chunk as soon as the server bytes before it have
+/// arrived. `recorded`: also no earlier than its recorded offset from the
+/// start of the session, so the recorded gaps are kept.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TcpPacing {
+    #[default]
+    Fast,
+    Recorded,
 }
 
 /// The `service_discovery` section of the original README. Parsed and

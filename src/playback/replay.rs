@@ -11,7 +11,7 @@ use metrics::{counter, histogram};
 
 use super::compare::{compare_bytes, compare_http};
 use super::{Outcome, ReplayResult};
-use crate::config::Downstream;
+use crate::config::{Downstream, TcpPacing};
 use crate::metrics as m;
 use crate::proxy::headers::is_hop_by_hop;
 use crate::proxy::http::target_uri;
@@ -31,6 +31,7 @@ pub struct Replayer {
     tcp_target: Option<TcpTarget>,
     timeout: Duration,
     max_body_bytes: usize,
+    tcp_pacing: TcpPacing,
 }
 
 impl Replayer {
@@ -49,7 +50,14 @@ impl Replayer {
             tcp_target,
             timeout,
             max_body_bytes,
+            tcp_pacing: TcpPacing::Fast,
         }
+    }
+
+    /// How TCP sessions are paced (fast by default).
+    pub fn with_tcp_pacing(mut self, pacing: TcpPacing) -> Replayer {
+        self.tcp_pacing = pacing;
+        self
     }
 
     pub async fn replay(&self, record: &Record) -> ReplayResult {
@@ -201,7 +209,15 @@ impl Replayer {
                 Some("this Playback node has no tcp.downstream to replay to".into()),
             );
         };
-        match tokio::time::timeout(self.timeout, run_tcp(target, tcp)).await {
+        // Paced as recorded, a session takes at least as long as it did.
+        let timeout = match self.tcp_pacing {
+            TcpPacing::Fast => self.timeout,
+            TcpPacing::Recorded => {
+                let span = tcp.chunks.last().map_or(0, |c| c.at_us);
+                self.timeout + Duration::from_micros(span)
+            }
+        };
+        match tokio::time::timeout(timeout, run_tcp(target, tcp, self.tcp_pacing)).await {
             Ok(Ok(server_bytes)) => {
                 match compare_bytes("server bytes", &tcp.server_stream(), &server_bytes) {
                     None => (Outcome::Matched, None),
@@ -212,8 +228,7 @@ impl Replayer {
             Err(_) => (
                 Outcome::Failed,
                 Some(format!(
-                    "target {target}: session not done within {:?}",
-                    self.timeout
+                    "target {target}: session not done within {timeout:?}"
                 )),
             ),
         }
@@ -223,8 +238,13 @@ impl Replayer {
 /// How long a replayed TCP session waits for the server's next bytes.
 const TCP_IDLE: Duration = Duration::from_secs(2);
 
-async fn run_tcp(target: &TcpTarget, tcp: &TcpSession) -> Result<Vec<u8>, String> {
+async fn run_tcp(
+    target: &TcpTarget,
+    tcp: &TcpSession,
+    pacing: TcpPacing,
+) -> Result<Vec<u8>, String> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let started = tokio::time::Instant::now();
     let stream = target.connect().await?;
     let (mut reader, mut writer) = tokio::io::split(stream);
     let mut got: Vec<u8> = Vec::with_capacity(tcp.server_bytes as usize);
@@ -259,6 +279,9 @@ async fn run_tcp(target: &TcpTarget, tcp: &TcpSession) -> Result<Vec<u8>, String
                 &mut server_done,
             )
             .await?;
+            if pacing == TcpPacing::Recorded {
+                tokio::time::sleep_until(started + Duration::from_micros(chunk.at_us)).await;
+            }
             writer
                 .write_all(&chunk.data)
                 .await

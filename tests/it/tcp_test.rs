@@ -169,3 +169,94 @@ async fn an_unreachable_tcp_downstream_closes_the_client_and_is_recorded() {
     assert_eq!(record["exchange"]["tcp"]["closed_by"], "error");
     node.stop().await;
 }
+
+/// A TCP server that keeps every read with the time it arrived, and
+/// closes a connection when the client does.
+struct Arrivals {
+    addr: SocketAddr,
+    reads: std::sync::Arc<std::sync::Mutex<Vec<(std::time::Instant, Vec<u8>)>>>,
+}
+
+impl Arrivals {
+    async fn start() -> Arrivals {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let reads: std::sync::Arc<std::sync::Mutex<Vec<_>>> = Default::default();
+        let keep = reads.clone();
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                let keep = keep.clone();
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 1024];
+                    while let Ok(n @ 1..) =
+                        tokio::io::AsyncReadExt::read(&mut stream, &mut buf).await
+                    {
+                        let at = std::time::Instant::now();
+                        keep.lock().unwrap().push((at, buf[..n].to_vec()));
+                    }
+                });
+            }
+        });
+        Arrivals { addr, reads }
+    }
+
+    fn reads(&self) -> Vec<(std::time::Instant, Vec<u8>)> {
+        self.reads.lock().unwrap().clone()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tcp_pacing_recorded_keeps_the_gap_between_client_chunks() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let http = FakeDownstream::start().await;
+    let zone_a = Arrivals::start().await;
+    let zone_b = Arrivals::start().await;
+    let dirs = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let mut record_config =
+        support::record_config(&http.url(), 1, &StoreChoice::Embedded(dirs.0.path().into()));
+    record_config["tcp"] = json!({"port": 0, "downstream": zone_a.addr.to_string()});
+    let record = support::start_node(record_config).await;
+    let mut playback_config = support::playback_config(
+        &http.url(),
+        1,
+        record.api_addr,
+        &StoreChoice::Embedded(dirs.1.path().into()),
+    );
+    playback_config["tcp"] = json!({"port": 0, "downstream": zone_b.addr.to_string()});
+    playback_config["playback"] = json!({"tcp_pacing": "recorded"});
+    let playback = support::start_node(playback_config).await;
+
+    let gap = Duration::from_millis(400);
+    let mut client = tokio::net::TcpStream::connect(record.tcp_addr.unwrap())
+        .await
+        .unwrap();
+    client.write_all(b"first").await.unwrap();
+    tokio::time::sleep(gap).await;
+    client.write_all(b"second").await.unwrap();
+    client.shutdown().await.unwrap();
+    let mut rest = Vec::new();
+    client.read_to_end(&mut rest).await.unwrap();
+
+    let reads = eventually(
+        "the session replayed in zone B",
+        Duration::from_secs(20),
+        || async {
+            let reads = zone_b.reads();
+            (reads.iter().map(|(_, b)| b.len()).sum::<usize>() == 11).then_some(reads)
+        },
+    )
+    .await;
+    assert_eq!(reads.len(), 2, "two chunks, apart: {reads:?}");
+    assert_eq!(reads[0].1, b"first");
+    assert_eq!(reads[1].1, b"second");
+    // Sleeps never end early: the replayed gap is at least the recorded one
+    // (less the little the recording itself shaved off between the reads).
+    let replayed_gap = reads[1].0 - reads[0].0;
+    assert!(
+        replayed_gap >= gap - Duration::from_millis(100),
+        "{replayed_gap:?}"
+    );
+    assert_eq!(zone_a.reads().len(), 2);
+    playback.stop().await;
+    record.stop().await;
+}
