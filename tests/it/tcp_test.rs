@@ -170,11 +170,14 @@ async fn an_unreachable_tcp_downstream_closes_the_client_and_is_recorded() {
     node.stop().await;
 }
 
+/// One read and when it arrived.
+type Read = (std::time::Instant, Vec<u8>);
+
 /// A TCP server that keeps every read with the time it arrived, and
 /// closes a connection when the client does.
 struct Arrivals {
     addr: SocketAddr,
-    reads: std::sync::Arc<std::sync::Mutex<Vec<(std::time::Instant, Vec<u8>)>>>,
+    reads: std::sync::Arc<std::sync::Mutex<Vec<Read>>>,
 }
 
 impl Arrivals {
@@ -200,7 +203,7 @@ impl Arrivals {
         Arrivals { addr, reads }
     }
 
-    fn reads(&self) -> Vec<(std::time::Instant, Vec<u8>)> {
+    fn reads(&self) -> Vec<Read> {
         self.reads.lock().unwrap().clone()
     }
 }
