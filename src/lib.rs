@@ -10,7 +10,7 @@
 //!   checked before any port is bound.
 //! - [`node`] — wires one node together and runs it until shutdown.
 //! - [`server`] — the accept loop shared by every HTTP listener.
-//! - [`proxy`] — the proxy listeners (`proxy::http`).
+//! - [`proxy`] — the proxy listeners (`proxy::http`, `proxy::tcp`).
 //! - [`record`] — the record model, the capture tee and the batch
 //!   [`record::recorder::Recorder`].
 //! - [`store`] — the [`store::Store`] trait: Redis Streams or embedded redb.
@@ -23,6 +23,7 @@
 //! - [`mqtt_client`] — the public MQTT 3.1.1 client (publish, subscribe,
 //!   query) the sync fabric is built on; [`broker`] — the embedded broker.
 //! - [`metrics`] — metric names and the Prometheus exporter.
+//! - [`tls`] — TLS from PEM files for the listeners and every outgoing link.
 
 pub mod api;
 pub mod broker;
@@ -39,3 +40,6 @@ pub mod server;
 pub mod store;
 pub mod sync;
 pub mod tls;
+
+/// The rustls version QProxy is built with, for [`mqtt_client::MqttConfig::tls`].
+pub use rustls;

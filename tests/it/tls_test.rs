@@ -390,6 +390,24 @@ async fn a_playback_node_syncs_over_mutual_tls_and_a_client_without_a_certificat
         "no client certificate, no answer: {}",
         without.stdout
     );
+    let (other_cert, other_key) = (pki.file("untrusted.pem"), pki.file("untrusted.key"));
+    let stranger = curl(&[
+        "--cacert",
+        &ca,
+        "--cert",
+        &other_cert,
+        "--key",
+        &other_key,
+        "-H",
+        &bearer,
+        &status_url,
+    ])
+    .await;
+    assert!(
+        !stranger.ok,
+        "a certificate from another CA is refused: {}",
+        stranger.stdout
+    );
     let (cert, key) = (pki.file("client.pem"), pki.file("client.key"));
     let with = curl(&[
         "--cacert",
