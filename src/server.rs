@@ -95,7 +95,7 @@ pub async fn serve<H, B>(
             let stream = match &tls {
                 Some(acceptor) => match crate::tls::accept(acceptor, stream).await {
                     Ok(stream) => stream,
-                    Err(e) => return crate::proxy::tcp::handshake_failed(name, client, &e),
+                    Err(e) => return crate::tls::handshake_failed(name, client, &e),
                 },
                 None => Stream::Plain(stream),
             };

@@ -12,12 +12,14 @@
 //!   it is written once.
 
 use std::io;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use metrics::counter;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::{self, PemObject};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
@@ -25,8 +27,10 @@ use rustls::server::WebPkiClientVerifier;
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
+use tracing::info;
 
 use crate::config::Config;
+use crate::metrics as m;
 pub use tokio_rustls::{TlsAcceptor, TlsConnector};
 
 /// How long a client has to finish its handshake on a TLS listener.
@@ -307,17 +311,6 @@ pub enum Stream {
     Client(Box<tokio_rustls::client::TlsStream<TcpStream>>),
 }
 
-impl Stream {
-    /// The ALPN protocol agreed in the handshake, if any.
-    pub fn alpn(&self) -> Option<&[u8]> {
-        match self {
-            Stream::Plain(_) => None,
-            Stream::Server(s) => s.get_ref().1.alpn_protocol(),
-            Stream::Client(s) => s.get_ref().1.alpn_protocol(),
-        }
-    }
-}
-
 macro_rules! each {
     ($self:ident, $s:ident => $e:expr) => {
         match $self.get_mut() {
@@ -370,6 +363,22 @@ impl AsyncWrite for Stream {
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         each!(self, s => Pin::new(s).poll_shutdown(cx))
     }
+}
+
+/// What went wrong in a handshake, in a person's words ("invalid peer
+/// certificate: Expired" rather than "Custom { kind: InvalidData, … }").
+pub fn reason(e: &io::Error) -> String {
+    match e.get_ref() {
+        Some(inner) => inner.to_string(),
+        None => e.to_string(),
+    }
+}
+
+/// A client whose TLS handshake failed: logged, counted, and nothing more
+/// (no record: nothing was exchanged).
+pub fn handshake_failed(listener: &'static str, client: SocketAddr, e: &io::Error) {
+    counter!(m::TLS_HANDSHAKE_ERRORS_TOTAL, "listener" => listener).increment(1);
+    info!(listener, client = %client, error = %reason(e), "TLS handshake failed");
 }
 
 /// Accepts a TLS client on `stream` within [`HANDSHAKE_TIMEOUT`].

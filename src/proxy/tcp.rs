@@ -20,7 +20,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{debug, info, warn};
+use tracing::{debug, warn};
 
 use crate::metrics as m;
 use crate::record::recorder::Recorder;
@@ -67,7 +67,7 @@ impl TcpTarget {
         match &self.tls {
             Some((connector, name)) => crate::tls::connect(connector, name.clone(), stream)
                 .await
-                .map_err(|e| format!("TLS: {}", tls_reason(&e))),
+                .map_err(|e| format!("TLS: {}", crate::tls::reason(&e))),
             None => Ok(Stream::Plain(stream)),
         }
     }
@@ -76,15 +76,6 @@ impl TcpTarget {
 impl fmt::Display for TcpTarget {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.addr)
-    }
-}
-
-/// What went wrong in a handshake, in a person's words ("invalid peer
-/// certificate: Expired" rather than "Custom { kind: InvalidData, … }").
-pub fn tls_reason(e: &io::Error) -> String {
-    match e.get_ref() {
-        Some(inner) => inner.to_string(),
-        None => e.to_string(),
     }
 }
 
@@ -190,7 +181,7 @@ impl TcpProxy {
         let client = match &self.acceptor {
             Some(acceptor) => match crate::tls::accept(acceptor, client).await {
                 Ok(tls) => tls,
-                Err(e) => return handshake_failed("tcp", addr, &e),
+                Err(e) => return crate::tls::handshake_failed("tcp", addr, &e),
             },
             None => Stream::Plain(client),
         };
@@ -256,13 +247,6 @@ impl TcpProxy {
         };
         recorder.submit_record(record, addr.ip().to_string().as_bytes());
     }
-}
-
-/// A client whose TLS handshake failed: logged, counted, and nothing more
-/// (no record: nothing was exchanged).
-pub fn handshake_failed(listener: &'static str, client: SocketAddr, e: &io::Error) {
-    counter!(m::TLS_HANDSHAKE_ERRORS_TOTAL, "listener" => listener).increment(1);
-    info!(listener, client = %client, error = %tls_reason(e), "TLS handshake failed");
 }
 
 /// Copies one direction until EOF, then shuts the other side's write half

@@ -54,6 +54,21 @@ where
 
 // ---------------------------------------------------------------- Redis
 
+/// `redis-cli` against the server on `port`; its output, trimmed.
+pub fn redis_cli(port: u16, args: &[&str]) -> String {
+    let out = Command::new("redis-cli")
+        .args(["-h", "127.0.0.1", "-p", &port.to_string()])
+        .args(args)
+        .output()
+        .expect("redis-cli runs (it comes with redis-server)");
+    assert!(
+        out.status.success(),
+        "redis-cli {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
 /// A `redis-server` on a free port in its own folder; killed on drop.
 pub struct RedisServer {
     pub port: u16,

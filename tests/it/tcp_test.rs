@@ -3,26 +3,13 @@
 //! a Playback node into zone B's own `redis-server`.
 
 use std::net::SocketAddr;
-use std::process::Command;
 use std::time::Duration;
 
 use serde_json::json;
 
-use crate::support::{self, eventually, get_json, FakeDownstream, RedisServer, StoreChoice};
-
-fn redis_cli(port: u16, args: &[&str]) -> String {
-    let out = Command::new("redis-cli")
-        .args(["-h", "127.0.0.1", "-p", &port.to_string()])
-        .args(args)
-        .output()
-        .expect("redis-cli runs (it comes with redis-server)");
-    assert!(
-        out.status.success(),
-        "redis-cli {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
+use crate::support::{
+    self, eventually, get_json, redis_cli, FakeDownstream, RedisServer, StoreChoice,
+};
 
 async fn status(api: SocketAddr) -> serde_json::Value {
     get_json(&format!("http://{api}/api/status")).await.1
