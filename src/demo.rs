@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::node::{self, NodeError, RunningNode};
-use crate::server::{serve, Handler};
+use crate::server::{serve, Handler, Options};
 
 /// How the demo picks its ports.
 #[derive(Debug, Clone, Copy)]
@@ -93,11 +93,10 @@ async fn sample_service(shutdown: &CancellationToken) -> Result<SocketAddr, Demo
     tokio::spawn(serve(
         "sample",
         listener,
-        None,
         SampleService,
         shutdown.clone(),
         Duration::from_secs(1),
-        None,
+        Options::default(),
     ));
     Ok(addr)
 }

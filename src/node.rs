@@ -18,7 +18,7 @@ use crate::proxy::http::HttpProxy;
 use crate::proxy::tcp::{TcpProxy, TcpTarget};
 use crate::record::recorder::Recorder;
 use crate::record::RecordId;
-use crate::server::serve;
+use crate::server::{serve, Options, Workers};
 use crate::store::{self, Store, StoreError};
 use crate::sync::client::PeerClient;
 use crate::sync::mqtt::{serve_record_side, spawn_wakeups, MqttLink, ShardSignal, Topics};
@@ -332,15 +332,34 @@ async fn run(
     }
 
     if let (Some(listener), Some(h)) = (http, &config.http) {
-        let proxy = HttpProxy::new(h.downstream.clone(), recorder.clone(), tls.client.clone());
+        // Proxied connections run on one single-threaded runtime per CPU,
+        // each with its own downstream pool (see server::Workers).
+        let workers = match Workers::per_cpu("http") {
+            Ok(workers) => Some(Arc::new(workers)),
+            Err(e) => {
+                warn!(error = %e, "no proxy worker threads; serving on the main runtime");
+                None
+            }
+        };
+        let pools = workers.as_ref().map_or(1, |w| w.len());
+        let proxy = HttpProxy::new(
+            h.downstream.clone(),
+            recorder.clone(),
+            tls.client.clone(),
+            pools,
+        );
+        let options = Options {
+            tls: tls.http.clone(),
+            on_connection: Some(count_http_connection),
+            workers,
+        };
         tasks.push(tokio::spawn(serve(
             "http",
             listener,
-            tls.http.clone(),
             proxy,
             shutdown.clone(),
             SHUTDOWN_GRACE,
-            Some(count_http_connection),
+            options,
         )));
     }
     if let (Some(listener), Some(target)) = (tcp, tcp_target) {
@@ -364,14 +383,17 @@ async fn run(
         mqtt: mqtt.clone(),
         started: Instant::now(),
     };
+    let options = Options {
+        tls: tls.api.clone(),
+        ..Options::default()
+    };
     tasks.push(tokio::spawn(serve(
         "api",
         api,
-        tls.api.clone(),
         Api::new(api_state),
         shutdown.clone(),
         SHUTDOWN_GRACE,
-        None,
+        options,
     )));
 
     for task in tasks {

@@ -5,10 +5,18 @@
 //! when the token is cancelled, open connections get `grace` to finish. A
 //! client whose TLS handshake fails is logged and counted; the listener
 //! goes on.
+//!
+//! With [`Workers`], accepted connections are handed round robin to
+//! threads that each run a single-threaded runtime, and a connection lives
+//! on its thread: no work stealing, no task hopping between threads, and a
+//! handler can keep per-thread state (the proxy keeps its downstream pool
+//! there, see [`worker_index`]).
 
+use std::cell::Cell;
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -29,6 +37,85 @@ use crate::tls::{Stream, TlsAcceptor};
 /// Connections one listener serves at once; more wait in the backlog.
 pub const MAX_CONNECTIONS: usize = 20_000;
 
+thread_local! {
+    static WORKER: Cell<Option<usize>> = const { Cell::new(None) };
+}
+
+/// The index of the [`Workers`] thread this code runs on, if any.
+pub fn worker_index() -> Option<usize> {
+    WORKER.with(Cell::get)
+}
+
+/// Threads, each with a single-threaded runtime, that run the connections
+/// of one listener. They stop when dropped (after the listener drained).
+pub struct Workers {
+    handles: Vec<tokio::runtime::Handle>,
+    next: AtomicUsize,
+    stop: CancellationToken,
+}
+
+impl Workers {
+    /// `count` threads named `<name>-<i>`.
+    pub fn new(name: &str, count: usize) -> std::io::Result<Workers> {
+        let stop = CancellationToken::new();
+        let mut handles = Vec::with_capacity(count);
+        for i in 0..count.max(1) {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            handles.push(runtime.handle().clone());
+            let stop = stop.clone();
+            std::thread::Builder::new()
+                .name(format!("{name}-{i}"))
+                .spawn(move || {
+                    WORKER.with(|w| w.set(Some(i)));
+                    runtime.block_on(stop.cancelled());
+                })?;
+        }
+        Ok(Workers {
+            handles,
+            next: AtomicUsize::new(0),
+            stop,
+        })
+    }
+
+    /// One thread per CPU.
+    pub fn per_cpu(name: &str) -> std::io::Result<Workers> {
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        Workers::new(name, cpus)
+    }
+
+    pub fn len(&self) -> usize {
+        self.handles.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.handles.is_empty()
+    }
+
+    fn spawn<F: Future<Output = ()> + Send + 'static>(&self, task: F) {
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.handles.len();
+        self.handles[i].spawn(task);
+    }
+}
+
+impl Drop for Workers {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+/// How a listener is served beyond its handler.
+#[derive(Default)]
+pub struct Options {
+    /// TLS on every connection.
+    pub tls: Option<TlsAcceptor>,
+    /// Called with +1 and -1 as connections open and close.
+    pub on_connection: Option<fn(i64)>,
+    /// Where connections run; the current runtime when `None`.
+    pub workers: Option<Arc<Workers>>,
+}
+
 /// Called for each request with the client's address.
 pub trait Handler<B>: Clone + Send + Sync + 'static {
     fn call(
@@ -38,16 +125,15 @@ pub trait Handler<B>: Clone + Send + Sync + 'static {
     ) -> impl Future<Output = Response<B>> + Send;
 }
 
-/// Serves `handler` on `listener` (over TLS with `tls`) until `shutdown`;
-/// then drains for `grace`.
+/// Serves `handler` on `listener` until `shutdown`; then drains for
+/// `grace`.
 pub async fn serve<H, B>(
     name: &'static str,
     listener: TcpListener,
-    tls: Option<TlsAcceptor>,
     handler: H,
     shutdown: CancellationToken,
     grace: Duration,
-    on_connection: Option<fn(i64)>,
+    options: Options,
 ) where
     H: Handler<B>,
     B: http_body::Body<Data = Bytes> + Send + 'static,
@@ -63,6 +149,11 @@ pub async fn serve<H, B>(
         .timer(hyper_util::rt::TokioTimer::new())
         .max_concurrent_streams(256);
     let builder = Arc::new(builder);
+    let Options {
+        tls,
+        on_connection,
+        workers,
+    } = options;
     let graceful = GracefulShutdown::new();
     let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     loop {
@@ -91,7 +182,7 @@ pub async fn serve<H, B>(
         let watcher = graceful.watcher();
         let builder = builder.clone();
         let tls = tls.clone();
-        tokio::spawn(async move {
+        let task = async move {
             let stream = match &tls {
                 Some(acceptor) => match crate::tls::accept(acceptor, stream).await {
                     Ok(stream) => stream,
@@ -112,7 +203,13 @@ pub async fn serve<H, B>(
                 f(-1);
             }
             drop(permit);
-        });
+        };
+        match &workers {
+            Some(workers) => workers.spawn(task),
+            None => {
+                tokio::spawn(task);
+            }
+        }
     }
     drop(listener);
     tokio::select! {

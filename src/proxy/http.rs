@@ -34,22 +34,28 @@ pub struct HttpProxy {
 }
 
 struct Inner {
-    client: Client<super::Connector, TeeBody<Incoming>>,
+    /// One pool per worker thread (see [`crate::server::Workers`]), so a
+    /// request and its downstream connection share a thread.
+    clients: Vec<Client<super::Connector, TeeBody<Incoming>>>,
     downstream: Downstream,
     recorder: Option<Recorder>,
 }
 
 impl HttpProxy {
-    /// A proxy to `downstream` (https ones with `tls`); with a recorder,
-    /// every exchange is recorded.
+    /// A proxy to `downstream` (https ones with `tls`) with `pools`
+    /// connection pools (one per worker thread); with a recorder, every
+    /// exchange is recorded.
     pub fn new(
         downstream: Downstream,
         recorder: Option<Recorder>,
         tls: Arc<rustls::ClientConfig>,
+        pools: usize,
     ) -> HttpProxy {
         HttpProxy {
             inner: Arc::new(Inner {
-                client: super::pooled_client(tls),
+                clients: (0..pools.max(1))
+                    .map(|_| super::pooled_client(tls.clone()))
+                    .collect(),
                 downstream,
                 recorder,
             }),
@@ -136,7 +142,11 @@ impl Handler<ResponseBody> for HttpProxy {
             Some(capture) => TeeBody::tapped(body, capture.clone(), Side::Request),
             None => TeeBody::plain(body),
         };
-        match inner.client.request(Request::from_parts(parts, body)).await {
+        let pool = crate::server::worker_index().unwrap_or(0) % inner.clients.len();
+        match inner.clients[pool]
+            .request(Request::from_parts(parts, body))
+            .await
+        {
             Ok(response) => {
                 let (mut parts, body) = response.into_parts();
                 strip_hop_by_hop(&mut parts.headers);
