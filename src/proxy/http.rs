@@ -16,7 +16,7 @@ use http::{Request, Response, StatusCode, Uri, Version};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
-use metrics::{counter, histogram};
+use metrics::counter;
 use tracing::debug;
 
 use super::headers::{append_forwarded_for, strip_hop_by_hop};
@@ -39,6 +39,7 @@ struct Inner {
     clients: Vec<Client<super::Connector, TeeBody<Incoming>>>,
     downstream: Downstream,
     recorder: Option<Recorder>,
+    metrics: m::RequestMetrics,
 }
 
 impl HttpProxy {
@@ -56,6 +57,7 @@ impl HttpProxy {
                 clients: (0..pools.max(1))
                     .map(|_| super::pooled_client(tls.clone()))
                     .collect(),
+                metrics: m::RequestMetrics::new("http"),
                 downstream,
                 recorder,
             }),
@@ -103,7 +105,7 @@ impl Handler<ResponseBody> for HttpProxy {
         let started = Instant::now();
         let inner = &self.inner;
         let (mut parts, body) = req.into_parts();
-        let method = m::method_label(&parts.method);
+        let method = parts.method.clone();
         strip_hop_by_hop(&mut parts.headers);
         let capture = inner.recorder.as_ref().map(|recorder| {
             Capture::new(
@@ -136,7 +138,7 @@ impl Handler<ResponseBody> for HttpProxy {
         };
         parts.version = Version::HTTP_11;
         if let Some(len) = http_body::Body::size_hint(&body).exact() {
-            histogram!(m::HTTP_REQUEST_SIZE_BYTES, "protocol" => "http").record(len as f64);
+            inner.metrics.request_size.record(len as f64);
         }
         let body = match &capture {
             Some(capture) => TeeBody::tapped(body, capture.clone(), Side::Request),
@@ -150,12 +152,11 @@ impl Handler<ResponseBody> for HttpProxy {
             Ok(response) => {
                 let (mut parts, body) = response.into_parts();
                 strip_hop_by_hop(&mut parts.headers);
-                counter!(m::HTTP_REQUESTS_TOTAL, "protocol" => "http", "method" => method, "status" => m::status_class(parts.status.as_u16())).increment(1);
-                histogram!(m::HTTP_REQUEST_DURATION_SECONDS, "protocol" => "http")
-                    .record(started.elapsed().as_secs_f64());
+                let metrics = &inner.metrics;
+                metrics.request(&method, parts.status.as_u16());
+                metrics.duration.record(started.elapsed().as_secs_f64());
                 if let Some(len) = http_body::Body::size_hint(&body).exact() {
-                    histogram!(m::HTTP_RESPONSE_SIZE_BYTES, "protocol" => "http")
-                        .record(len as f64);
+                    metrics.response_size.record(len as f64);
                 }
                 let body = match capture {
                     Some(capture) => {
@@ -170,7 +171,7 @@ impl Handler<ResponseBody> for HttpProxy {
                 let reason = super::root_cause(&e);
                 let authority = inner.downstream.authority();
                 debug!(client = %client, downstream = %authority, error = %reason, "downstream failed");
-                counter!(m::HTTP_REQUESTS_TOTAL, "protocol" => "http", "method" => method, "status" => "5xx").increment(1);
+                inner.metrics.request(&method, 502);
                 counter!(m::HTTP_ERRORS_TOTAL, "kind" => "downstream").increment(1);
                 if let Some(capture) = capture {
                     capture.close(

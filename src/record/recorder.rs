@@ -73,6 +73,10 @@ struct Writer {
 
 /// How long the writer keeps trying to flush after the last sender is gone.
 const FLUSH_GRACE: Duration = Duration::from_secs(5);
+/// How long the writer lets a small batch grow before writing it (tokio's
+/// timer rounds up to a millisecond). Records reach the store, and a
+/// Playback node, at most this much later; the client never waits for it.
+const LINGER: Duration = Duration::from_millis(1);
 
 impl Recorder {
     /// Starts the batch writer; it stops once every `Recorder` clone is
@@ -108,12 +112,19 @@ impl Recorder {
         // The writer gets a thread of its own: on a busy runtime a task that
         // waits its turn behind every connection falls behind at tens of
         // thousands of records a second, and the queue overflows.
+        // Its store connections live on that thread too.
         let handle = tokio::task::spawn_blocking(move || {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
                 .expect("a runtime for the record writer");
-            runtime.block_on(writer.run());
+            runtime.block_on(async move {
+                let mut writer = writer;
+                if let Some(own) = writer.store.dedicated() {
+                    writer.store = own;
+                }
+                writer.run().await
+            });
         });
         (
             Recorder {
@@ -181,6 +192,13 @@ impl Writer {
             if open {
                 if self.spool.is_empty() {
                     open = self.rx.recv_many(&mut batch, self.batch_size).await > 0;
+                    if open && batch.len() < self.batch_size / 4 {
+                        // A small batch under load costs a store round trip
+                        // and a thread wake-up for a few records: let a
+                        // few more arrive first.
+                        tokio::time::sleep(LINGER).await;
+                        open = self.take_ready(&mut batch);
+                    }
                 } else if let Some(at) = retry_at {
                     tokio::select! {
                         n = self.rx.recv_many(&mut batch, self.batch_size) => open = n > 0,

@@ -78,6 +78,14 @@ pub trait Store: Send + Sync + 'static {
     /// Names the backend for status pages and logs (never a password).
     fn describe(&self) -> String;
 
+    /// The same store over connections of its own, driven by the runtime
+    /// that first uses them: for a component on its own thread (the record
+    /// writer), so its writes do not hop to another thread and back. `None`
+    /// when the backend has no connections (embedded).
+    fn dedicated(&self) -> Option<Arc<dyn Store>> {
+        None
+    }
+
     async fn ping(&self) -> Result<(), StoreError>;
 
     /// Writes a batch; returns the assigned ids in the same order. Records

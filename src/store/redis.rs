@@ -20,6 +20,8 @@ use crate::record::RecordId;
 use crate::sync::Checkpoint;
 
 pub struct RedisStore {
+    client: redis::Client,
+    manager_config: ConnectionManagerConfig,
     pool: Vec<ConnectionManager>,
     next: AtomicUsize,
     prefix: String,
@@ -61,12 +63,14 @@ impl RedisStore {
                 ConnectionManager::new_lazy_with_config(client.clone(), manager_config.clone())
             })
             .collect::<Result<Vec<_>, _>>()?;
-        let info = client.get_connection_info();
+        let described = format!("redis {}", client.get_connection_info().addr());
         Ok(RedisStore {
+            client,
+            manager_config,
             pool,
             next: AtomicUsize::new(0),
             prefix: config.key_prefix.clone(),
-            described: format!("redis {}", info.addr()),
+            described,
             commit_script: Script::new(COMMIT_LUA),
         })
     }
@@ -141,6 +145,23 @@ fn parse_entries(shard: u32, reply: Value) -> Result<Vec<(RecordId, Vec<Bytes>)>
 
 #[async_trait]
 impl super::Store for RedisStore {
+    fn dedicated(&self) -> Option<std::sync::Arc<dyn super::Store>> {
+        let manager = ConnectionManager::new_lazy_with_config(
+            self.client.clone(),
+            self.manager_config.clone(),
+        )
+        .ok()?;
+        Some(std::sync::Arc::new(RedisStore {
+            client: self.client.clone(),
+            manager_config: self.manager_config.clone(),
+            pool: vec![manager],
+            next: AtomicUsize::new(0),
+            prefix: self.prefix.clone(),
+            described: self.described.clone(),
+            commit_script: self.commit_script.clone(),
+        }))
+    }
+
     fn describe(&self) -> String {
         self.described.clone()
     }
