@@ -179,6 +179,14 @@ pub struct SyncRunner {
     pub results_kept: u64,
 }
 
+/// What a round did: whether more records wait, the id it committed, and
+/// the next batch when it was pulled already.
+struct RoundDone {
+    more: bool,
+    last: Option<RecordId>,
+    next: Option<(SyncBatch, Transport)>,
+}
+
 impl SyncRunner {
     /// Starts one task per shard; they stop when `shutdown` is cancelled.
     pub fn spawn(self: Arc<Self>, shutdown: CancellationToken) -> Vec<JoinHandle<()>> {
@@ -198,17 +206,20 @@ impl SyncRunner {
         // after the Record node's checkpoint: an MQTT commit may still be
         // on its way there.
         let mut cursor: Option<RecordId> = None;
+        // The next batch, pulled while this one was replayed.
+        let mut prefetched = None;
         loop {
             let round = tokio::select! {
-                r = self.round(shard, cursor) => r,
+                r = self.round(shard, cursor, prefetched.take()) => r,
                 _ = shutdown.cancelled() => return,
             };
             self.stats.sync_ok.store(round.is_ok(), Ordering::Relaxed);
             let pause = match round {
-                Ok((more, last)) => {
+                Ok(done) => {
                     failures = 0;
-                    cursor = last.or(cursor);
-                    if more {
+                    cursor = done.last.or(cursor);
+                    prefetched = done.next;
+                    if done.more {
                         continue;
                     }
                     self.interval
@@ -234,13 +245,15 @@ impl SyncRunner {
         }
     }
 
-    /// One pull → replay → save → commit; says whether more records wait,
-    /// and the id committed.
+    /// One pull → replay → save → commit. When more records wait, the next
+    /// batch is pulled while this one is replayed (the pull names where it
+    /// starts, so it does not wait for this round's commit).
     async fn round(
         &self,
         shard: u32,
         after: Option<RecordId>,
-    ) -> Result<(bool, Option<RecordId>), RoundError> {
+        prefetched: Option<(SyncBatch, Transport)>,
+    ) -> Result<RoundDone, RoundError> {
         let request = PullRequest {
             peer_id: self.peer_id.clone(),
             shard,
@@ -249,7 +262,10 @@ impl SyncRunner {
             start_ms: None,
             end_ms: None,
         };
-        let (batch, transport) = self.link.pull(&request).await?;
+        let (batch, transport) = match prefetched {
+            Some(pulled) => pulled,
+            None => self.link.pull(&request).await?,
+        };
         self.stats
             .transport
             .store(transport as u8, Ordering::Relaxed);
@@ -268,18 +284,36 @@ impl SyncRunner {
         let shard_label = shard.to_string();
         let Some(last) = batch.next_id else {
             gauge!(m::SYNC_LAG_SECONDS, "shard" => shard_label).set(0.0);
-            return Ok((false, None));
+            return Ok(RoundDone {
+                more: false,
+                last: None,
+                next: None,
+            });
         };
         // Read every round, not only after a restart: a round whose commit
         // failed after its results were saved is pulled again by the next.
         let done = self.store.replayed_upto(&self.peer_id, shard).await?;
-        let mut results = Vec::with_capacity(batch.records.len());
-        for record in &batch.records {
-            if done.is_some() && record.id <= done {
-                continue;
+        let replay_all = async {
+            let mut results = Vec::with_capacity(batch.records.len());
+            for record in &batch.records {
+                if done.is_some() && record.id <= done {
+                    continue;
+                }
+                results.push(self.replayer.replay(record).await);
             }
-            results.push(self.replayer.replay(record).await);
-        }
+            results
+        };
+        let (results, next) = if batch.has_more {
+            let next_request = PullRequest {
+                after: Some(last),
+                ..request.clone()
+            };
+            // A failed prefetch is pulled again by the next round.
+            let (results, next) = tokio::join!(replay_all, self.link.pull(&next_request));
+            (results, next.ok())
+        } else {
+            (replay_all.await, None)
+        };
         self.store
             .save_replays(
                 &self.peer_id,
@@ -316,6 +350,10 @@ impl SyncRunner {
         counter!(m::COMMITS_TOTAL, "transport" => transport.as_str(), "result" => "sent")
             .increment(1);
         debug!(shard, replayed = results.len(), last = %last, via = transport.as_str(), "batch committed");
-        Ok((batch.has_more, Some(last)))
+        Ok(RoundDone {
+            more: batch.has_more,
+            last: Some(last),
+            next,
+        })
     }
 }
