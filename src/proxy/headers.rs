@@ -40,11 +40,24 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 /// Appends the client's address to `X-Forwarded-For`.
 pub fn append_forwarded_for(headers: &mut HeaderMap, client_ip: std::net::IpAddr) {
     static XFF: HeaderName = HeaderName::from_static("x-forwarded-for");
+    thread_local! {
+        // The last address formatted on this thread: a client sends many
+        // requests, and a header value is cheap to clone.
+        static LAST: std::cell::RefCell<Option<(std::net::IpAddr, HeaderValue)>> =
+            const { std::cell::RefCell::new(None) };
+    }
     let value = match headers.get(&XFF).and_then(|v| v.to_str().ok()) {
-        Some(existing) => format!("{existing}, {client_ip}"),
-        None => client_ip.to_string(),
+        Some(existing) => HeaderValue::from_str(&format!("{existing}, {client_ip}")).ok(),
+        None => LAST.with_borrow_mut(|last| match last {
+            Some((ip, value)) if *ip == client_ip => Some(value.clone()),
+            _ => {
+                let value = HeaderValue::from_str(&client_ip.to_string()).ok()?;
+                *last = Some((client_ip, value.clone()));
+                Some(value)
+            }
+        }),
     };
-    if let Ok(value) = HeaderValue::from_str(&value) {
+    if let Some(value) = value {
         headers.insert(&XFF, value);
     }
 }
@@ -75,5 +88,13 @@ mod tests {
         append_forwarded_for(&mut h, "10.0.0.1".parse().unwrap());
         append_forwarded_for(&mut h, "10.0.0.2".parse().unwrap());
         assert_eq!(h["x-forwarded-for"], "10.0.0.1, 10.0.0.2");
+        for ip in ["10.0.0.3", "10.0.0.3", "::1", "10.0.0.3"] {
+            let mut fresh = HeaderMap::new();
+            append_forwarded_for(&mut fresh, ip.parse().unwrap());
+            assert_eq!(
+                fresh["x-forwarded-for"], ip,
+                "the per-thread cache follows the address"
+            );
+        }
     }
 }
