@@ -73,9 +73,10 @@ struct Writer {
 
 /// How long the writer keeps trying to flush after the last sender is gone.
 const FLUSH_GRACE: Duration = Duration::from_secs(5);
-/// How long the writer lets a small batch grow before writing it (tokio's
-/// timer rounds up to a millisecond). Records reach the store, and a
-/// Playback node, at most this much later; the client never waits for it.
+/// How long a busy writer lets a small batch grow before writing it
+/// (tokio's timer rounds up to a millisecond). Records reach the store, and
+/// a Playback node, about this much later under load, at once otherwise;
+/// the client never waits for it.
 const LINGER: Duration = Duration::from_millis(1);
 
 impl Recorder {
@@ -188,14 +189,18 @@ impl Writer {
         let mut retry_at: Option<Instant> = None;
         let mut open = true;
         let mut closed_at: Option<Instant> = None;
+        // When the last write ended: a writer that wrote within LINGER is busy.
+        let mut last_write: Option<Instant> = None;
         loop {
             if open {
                 if self.spool.is_empty() {
                     open = self.rx.recv_many(&mut batch, self.batch_size).await > 0;
-                    if open && batch.len() < self.batch_size / 4 {
-                        // A small batch under load costs a store round trip
-                        // and a thread wake-up for a few records: let a
-                        // few more arrive first.
+                    let busy = last_write.is_some_and(|at| at.elapsed() < LINGER);
+                    if open && busy && batch.len() < self.batch_size / 4 {
+                        // Writing back to back, a small batch costs a store
+                        // round trip and a thread wake-up for a few
+                        // records: let a few more arrive first. An idle
+                        // writer writes at once.
                         tokio::time::sleep(LINGER).await;
                         open = self.take_ready(&mut batch);
                     }
@@ -227,7 +232,9 @@ impl Writer {
             if retry_at.is_some_and(|at| Instant::now() < at) {
                 continue;
             }
-            if self.flush().await {
+            let flushed = self.flush().await;
+            last_write = Some(Instant::now());
+            if flushed {
                 retry_at = None;
                 backoff = Duration::from_millis(50);
             } else {
