@@ -57,26 +57,28 @@ pub struct Workers {
 impl Workers {
     /// `count` threads named `<name>-<i>`.
     pub fn new(name: &str, count: usize) -> std::io::Result<Workers> {
-        let stop = CancellationToken::new();
-        let mut handles = Vec::with_capacity(count);
+        // Built up in place: on an error, dropping it stops the threads
+        // already started.
+        let mut workers = Workers {
+            handles: Vec::with_capacity(count),
+            next: AtomicUsize::new(0),
+            stop: CancellationToken::new(),
+        };
         for i in 0..count.max(1) {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?;
-            handles.push(runtime.handle().clone());
-            let stop = stop.clone();
+            let handle = runtime.handle().clone();
+            let stop = workers.stop.clone();
             std::thread::Builder::new()
                 .name(format!("{name}-{i}"))
                 .spawn(move || {
                     WORKER.with(|w| w.set(Some(i)));
                     runtime.block_on(stop.cancelled());
                 })?;
+            workers.handles.push(handle);
         }
-        Ok(Workers {
-            handles,
-            next: AtomicUsize::new(0),
-            stop,
-        })
+        Ok(workers)
     }
 
     /// One thread per CPU.
@@ -215,5 +217,31 @@ pub async fn serve<H, B>(
     tokio::select! {
         _ = graceful.shutdown() => debug!(listener = name, "all connections closed"),
         _ = tokio::time::sleep(grace) => warn!(listener = name, "connections still open after the grace period; closing them"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn workers_run_tasks_round_robin_on_their_own_threads() {
+        let workers = Workers::new("test-worker", 2).unwrap();
+        assert_eq!(workers.len(), 2);
+        let (tx, rx) = std::sync::mpsc::channel();
+        for _ in 0..4 {
+            let tx = tx.clone();
+            workers.spawn(async move {
+                let name = std::thread::current().name().map(str::to_string);
+                tx.send((worker_index(), name)).unwrap();
+            });
+        }
+        let mut got: Vec<_> = (0..4)
+            .map(|_| rx.recv_timeout(Duration::from_secs(5)).unwrap())
+            .collect();
+        got.sort();
+        let expected = |i: usize| (Some(i), Some(format!("test-worker-{i}")));
+        assert_eq!(got, [expected(0), expected(0), expected(1), expected(1)]);
+        assert_eq!(worker_index(), None, "not a worker thread");
     }
 }
