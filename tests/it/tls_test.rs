@@ -195,12 +195,15 @@ async fn bad_tls_clients_are_refused_counted_and_the_listener_keeps_serving() {
     assert!(out.ok, "the listener still serves: {}", out.stderr);
     assert_eq!(zone_a.count(), 1, "only the good client got through");
 
+    // The refused handshakes are counted by the node's own tasks: wait
+    // for them, then check there were exactly two.
+    let series = "qproxy_tls_handshake_errors_total{listener=\"http\"}";
+    eventually("both refusals counted", Duration::from_secs(10), || async {
+        (sample(&metrics(node.api_addr).await, series) >= 2.0).then_some(())
+    })
+    .await;
     let text = metrics(node.api_addr).await;
-    let refused = sample(
-        &text,
-        "qproxy_tls_handshake_errors_total{listener=\"http\"}",
-    );
-    assert_eq!(refused, 2.0, "{text}");
+    assert_eq!(sample(&text, series), 2.0, "{text}");
     node.stop().await;
 }
 
@@ -409,14 +412,28 @@ async fn a_playback_node_syncs_over_mutual_tls_and_a_client_without_a_certificat
     assert!(with.ok, "{}", with.stderr);
     let s: Value = serde_json::from_str(&with.stdout).unwrap();
     assert_eq!(s["mode"], "Record");
-    let commits = s["checkpoints"].as_array().unwrap();
-    assert!(
-        commits.iter().any(|c| c["peer_id"] == "zone-b"),
-        "zone B's commits arrived over the TLS link: {s}"
-    );
+    // A commit follows its replays: wait for it to arrive over the link.
+    eventually(
+        "zone B's commit over the TLS link",
+        Duration::from_secs(10),
+        || async {
+            let s: Value =
+                serde_json::from_str(&api(Some("client"), "/api/status").await.stdout).ok()?;
+            let commits = s["checkpoints"].as_array()?.clone();
+            commits
+                .iter()
+                .any(|c| c["peer_id"] == "zone-b")
+                .then_some(())
+        },
+    )
+    .await;
+    let series = "qproxy_tls_handshake_errors_total{listener=\"api\"}";
+    eventually("both refusals counted", Duration::from_secs(10), || async {
+        (sample(&api(Some("client"), "/metrics").await.stdout, series) >= 2.0).then_some(())
+    })
+    .await;
     let text = api(Some("client"), "/metrics").await.stdout;
-    let refused = sample(&text, "qproxy_tls_handshake_errors_total{listener=\"api\"}");
-    assert_eq!(refused, 2.0, "{text}");
+    assert_eq!(sample(&text, series), 2.0, "{text}");
     playback.stop().await;
     record.stop().await;
 }
