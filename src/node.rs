@@ -334,12 +334,18 @@ async fn run(
     if let (Some(listener), Some(h)) = (http, &config.http) {
         // Proxied connections run on one single-threaded runtime per CPU,
         // each with its own downstream pool (see server::Workers).
-        let workers = match Workers::per_cpu("http") {
-            Ok(workers) => Some(Arc::new(workers)),
-            Err(e) => {
-                warn!(error = %e, "no proxy worker threads; serving on the main runtime");
-                None
-            }
+        let count = h
+            .workers
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+        let workers = match count {
+            0 => None,
+            n => match Workers::new("http", n) {
+                Ok(workers) => Some(Arc::new(workers)),
+                Err(e) => {
+                    warn!(error = %e, "no proxy worker threads; serving on the main runtime");
+                    None
+                }
+            },
         };
         let pools = workers.as_ref().map_or(1, |w| w.len());
         let proxy = HttpProxy::new(

@@ -81,12 +81,6 @@ impl Workers {
         Ok(workers)
     }
 
-    /// One thread per CPU.
-    pub fn per_cpu(name: &str) -> std::io::Result<Workers> {
-        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-        Workers::new(name, cpus)
-    }
-
     pub fn len(&self) -> usize {
         self.handles.len()
     }

@@ -108,6 +108,11 @@ pub struct HttpConfig {
     /// Require client certificates signed by this CA bundle (mutual TLS).
     #[serde(default)]
     pub client_ca: Option<PathBuf>,
+    /// Threads that serve this listener's connections, each with its own
+    /// runtime and downstream pool; `null`: one per CPU; 0: the node's
+    /// shared work-stealing runtime.
+    #[serde(default)]
+    pub workers: Option<usize>,
 }
 
 /// A `grpc` section: accepted so that the original examples load; the gRPC
@@ -769,6 +774,14 @@ impl Config {
                     "a Playback node with sync.enabled replays against http.downstream; \
                      configure an http section"
                         .into(),
+                ));
+            }
+        }
+        if let Some(n) = self.http.as_ref().and_then(|h| h.workers) {
+            if n > 1024 {
+                return Err(invalid(
+                    "http.workers",
+                    format!("{n} threads is too many; use 0 to 1024, or null for one per CPU"),
                 ));
             }
         }

@@ -226,3 +226,22 @@ fn tokio_stream_from<T>(
 ) -> impl futures_util::Stream<Item = T> {
     futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
 }
+
+#[tokio::test]
+async fn http_workers_zero_one_or_several_all_proxy() {
+    let downstream = FakeDownstream::start().await;
+    for workers in [json!(0), json!(1), json!(3), json!(null)] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = plain_proxy_config(&downstream.url(), dir.path());
+        config["http"]["workers"] = workers.clone();
+        let node = support::start_node(config).await;
+        for i in 0..4 {
+            let (status, body) =
+                support::get_json(&format!("http://{}/w/{i}", node.http_addr.unwrap())).await;
+            assert_eq!(status, StatusCode::OK, "workers {workers}");
+            assert_eq!(body["uri"], format!("/w/{i}"));
+        }
+        node.stop().await;
+    }
+    assert_eq!(downstream.count(), 16);
+}
