@@ -383,14 +383,8 @@ pub fn handshake_failed(listener: &'static str, client: SocketAddr, e: &io::Erro
 
 /// Accepts a TLS client on `stream` within [`HANDSHAKE_TIMEOUT`].
 pub async fn accept(acceptor: &TlsAcceptor, stream: TcpStream) -> io::Result<Stream> {
-    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-        Ok(Ok(tls)) => Ok(Stream::Server(Box::new(tls))),
-        Ok(Err(e)) => Err(e),
-        Err(_) => Err(io::Error::new(
-            io::ErrorKind::TimedOut,
-            format!("no TLS handshake within {HANDSHAKE_TIMEOUT:?}"),
-        )),
-    }
+    let tls = within_handshake_timeout(acceptor.accept(stream)).await?;
+    Ok(Stream::Server(Box::new(tls)))
 }
 
 /// Opens TLS to `name` over `stream` within [`HANDSHAKE_TIMEOUT`].
@@ -399,12 +393,20 @@ pub async fn connect(
     name: ServerName<'static>,
     stream: TcpStream,
 ) -> io::Result<Stream> {
-    match tokio::time::timeout(HANDSHAKE_TIMEOUT, connector.connect(name, stream)).await {
-        Ok(Ok(tls)) => Ok(Stream::Client(Box::new(tls))),
-        Ok(Err(e)) => Err(e),
-        Err(_) => Err(io::Error::new(
-            io::ErrorKind::TimedOut,
-            format!("no TLS handshake within {HANDSHAKE_TIMEOUT:?}"),
-        )),
-    }
+    let tls = within_handshake_timeout(connector.connect(name, stream)).await?;
+    Ok(Stream::Client(Box::new(tls)))
+}
+
+/// A handshake, or a `TimedOut` error once [`HANDSHAKE_TIMEOUT`] has passed.
+async fn within_handshake_timeout<T>(
+    handshake: impl std::future::Future<Output = io::Result<T>>,
+) -> io::Result<T> {
+    tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake)
+        .await
+        .unwrap_or_else(|_| {
+            Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("no TLS handshake within {HANDSHAKE_TIMEOUT:?}"),
+            ))
+        })
 }

@@ -152,15 +152,6 @@ pub struct TcpConfig {
     pub downstream_tls: bool,
 }
 
-impl TcpConfig {
-    /// The downstream's host, for its certificate's name.
-    pub fn downstream_host(&self) -> &str {
-        self.downstream
-            .rsplit_once(':')
-            .map_or(&*self.downstream, |(host, _)| host)
-    }
-}
-
 fn host_port<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
     let s = String::deserialize(d)?;
     let ok = s
