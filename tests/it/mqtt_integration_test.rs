@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::{Request, StatusCode};
+use http::Request;
 use http_body_util::Full;
 use qproxy::mqtt_client::{Message, MqttClient, MqttConfig, MqttError, QoS, QueryHandler};
 use serde_json::{json, Value};
@@ -340,19 +340,6 @@ async fn wait_connected(api: SocketAddr) {
     .await;
 }
 
-/// Sends `n` requests from one client, in order.
-async fn send(proxy: SocketAddr, n: usize, tag: &str) {
-    let mut conn = support::ClientConn::connect("127.0.0.1".parse().unwrap(), proxy).await;
-    for i in 0..n {
-        let req = Request::post(format!("/{tag}/{i}"))
-            .header("host", "zone-a")
-            .body(Full::new(Bytes::from(format!("body {tag} {i}"))))
-            .unwrap();
-        let (status, _, _) = conn.send(req).await;
-        assert_eq!(status, StatusCode::OK);
-    }
-}
-
 async fn replayed_in_zone_b(zone_b: &FakeDownstream, n: usize, within: Duration) {
     eventually(&format!("{n} replays in zone B"), within, || async {
         (zone_b.count() >= n).then_some(())
@@ -368,7 +355,7 @@ async fn push_replays_a_thousand_requests(broker_port: u16, user: Option<(&str, 
     wait_connected(record.api_addr).await;
     wait_connected(playback.api_addr).await;
 
-    send(record.http_addr.unwrap(), 1000, "push").await;
+    support::send_posts(record.http_addr.unwrap(), 1000, "push").await;
     // sync.interval is a minute: only notifications make this fast.
     replayed_in_zone_b(&zone_b, 1000, Duration::from_secs(30)).await;
     let ids: HashSet<(String, String)> = zone_b
@@ -443,7 +430,7 @@ async fn push_sync_replays_within_seconds_through_the_embedded_broker() {
     wait_connected(record.api_addr).await;
     wait_connected(playback.api_addr).await;
 
-    send(record.http_addr.unwrap(), 1000, "embedded").await;
+    support::send_posts(record.http_addr.unwrap(), 1000, "embedded").await;
     replayed_in_zone_b(&zone_b, 1000, Duration::from_secs(30)).await;
     let s = status(playback.api_addr).await;
     assert_eq!(s["playback"]["transport"], "mqtt", "{s}");
@@ -485,7 +472,7 @@ async fn mosquitto_sub_shows_readable_notifications_and_qos1_commits() {
     let (record, playback) = fabric_nodes(&zone_a, &zone_b, mosquitto.port, None, &dirs).await;
     wait_connected(record.api_addr).await;
     wait_connected(playback.api_addr).await;
-    send(record.http_addr.unwrap(), 1, "seen").await;
+    support::send_posts(record.http_addr.unwrap(), 1, "seen").await;
     replayed_in_zone_b(&zone_b, 1, Duration::from_secs(20)).await;
 
     let output = tokio::task::spawn_blocking(move || {
@@ -565,7 +552,7 @@ async fn broker_down_sync_goes_on_over_http_and_returns_to_mqtt() {
     wait_connected(record.api_addr).await;
     wait_connected(api).await;
 
-    send(record.http_addr.unwrap(), 100, "before").await;
+    support::send_posts(record.http_addr.unwrap(), 100, "before").await;
     replayed_in_zone_b(&zone_b, 100, Duration::from_secs(20)).await;
 
     mosquitto.stop();
@@ -575,7 +562,7 @@ async fn broker_down_sync_goes_on_over_http_and_returns_to_mqtt() {
         || async { (status(api).await["mqtt"]["connected"] == false).then_some(()) },
     )
     .await;
-    send(record.http_addr.unwrap(), 100, "during").await;
+    support::send_posts(record.http_addr.unwrap(), 100, "during").await;
     replayed_in_zone_b(&zone_b, 200, Duration::from_secs(30)).await;
     let s = status(api).await;
     assert_eq!(s["playback"]["transport"], "http", "{s}");
@@ -583,7 +570,7 @@ async fn broker_down_sync_goes_on_over_http_and_returns_to_mqtt() {
     mosquitto.restart();
     wait_connected(api).await;
     wait_connected(record.api_addr).await;
-    send(record.http_addr.unwrap(), 100, "after").await;
+    support::send_posts(record.http_addr.unwrap(), 100, "after").await;
     replayed_in_zone_b(&zone_b, 300, Duration::from_secs(30)).await;
     eventually(
         "the transport is mqtt again",
@@ -624,7 +611,7 @@ async fn nodes_started_before_their_broker_connect_when_it_appears() {
     let _mosquitto = Mosquitto::start_on(port, None);
     wait_connected(record.api_addr).await;
     wait_connected(playback.api_addr).await;
-    send(record.http_addr.unwrap(), 10, "late-broker").await;
+    support::send_posts(record.http_addr.unwrap(), 10, "late-broker").await;
     replayed_in_zone_b(&zone_b, 10, Duration::from_secs(20)).await;
     assert_eq!(
         status(playback.api_addr).await["playback"]["transport"],

@@ -228,6 +228,20 @@ impl Seen {
     }
 }
 
+/// POSTs `/<tag>/<i>` for i in 0..n to `proxy` from one client connection,
+/// in order, each answered 200.
+pub async fn send_posts(proxy: SocketAddr, n: usize, tag: &str) {
+    let mut conn = ClientConn::connect("127.0.0.1".parse().unwrap(), proxy).await;
+    for i in 0..n {
+        let req = Request::post(format!("/{tag}/{i}"))
+            .header("host", "zone-a")
+            .body(Full::new(Bytes::from(format!("body {tag} {i}"))))
+            .unwrap();
+        let (status, _, _) = conn.send(req).await;
+        assert_eq!(status, StatusCode::OK);
+    }
+}
+
 /// An HTTP server that keeps every request and answers a JSON digest of it,
 /// so two such servers answer the same request the same way.
 pub struct FakeDownstream {

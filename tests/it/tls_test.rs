@@ -359,14 +359,7 @@ async fn a_playback_node_syncs_over_mutual_tls_and_a_client_without_a_certificat
     });
     let playback = support::start_node(playback_config).await;
 
-    for i in 0..5 {
-        let (status, _) = support::post_raw(
-            &format!("http://{}/item/{i}", record.http_addr.unwrap()),
-            Bytes::from("x"),
-        )
-        .await;
-        assert_eq!(status, StatusCode::OK);
-    }
+    support::send_posts(record.http_addr.unwrap(), 5, "item").await;
     eventually(
         "five replays in zone B",
         Duration::from_secs(20),
@@ -470,14 +463,7 @@ async fn mqtt_over_tls_to_mosquitto_pushes_replays() {
         )
         .await;
     }
-    for i in 0..3 {
-        let (status, _) = support::post_raw(
-            &format!("http://{}/push/{i}", record.http_addr.unwrap()),
-            Bytes::from("x"),
-        )
-        .await;
-        assert_eq!(status, StatusCode::OK);
-    }
+    support::send_posts(record.http_addr.unwrap(), 3, "push").await;
     eventually("three replays pushed", Duration::from_secs(10), || async {
         (zone_b.count() >= 3).then_some(())
     })
