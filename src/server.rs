@@ -170,6 +170,20 @@ pub async fn serve<H, B>(
             _ = shutdown.cancelled() => break,
         };
         let _ = stream.set_nodelay(true);
+        // A socket's readiness comes from the reactor it is registered
+        // with. A connection handed to a worker thread is registered again
+        // there; left with this runtime's reactor, every read would wake
+        // this thread first and then the worker (two thread hops a request).
+        let stream = match &workers {
+            Some(_) => match stream.into_std() {
+                Ok(std) => Accepted::Handover(std),
+                Err(e) => {
+                    warn!(listener = name, client = %client, error = %e, "cannot hand the connection over");
+                    continue;
+                }
+            },
+            None => Accepted::Here(stream),
+        };
         let handler = handler.clone();
         let service = service_fn(move |req| {
             let handler = handler.clone();
@@ -179,6 +193,13 @@ pub async fn serve<H, B>(
         let builder = builder.clone();
         let tls = tls.clone();
         let task = async move {
+            let stream = match stream.register() {
+                Ok(stream) => stream,
+                Err(e) => {
+                    warn!(listener = name, client = %client, error = %e, "cannot register the connection");
+                    return;
+                }
+            };
             let stream = match &tls {
                 Some(acceptor) => match crate::tls::accept(acceptor, stream).await {
                     Ok(stream) => stream,
@@ -211,6 +232,23 @@ pub async fn serve<H, B>(
     tokio::select! {
         _ = graceful.shutdown() => debug!(listener = name, "all connections closed"),
         _ = tokio::time::sleep(grace) => warn!(listener = name, "connections still open after the grace period; closing them"),
+    }
+}
+
+/// An accepted connection on its way to the runtime that serves it.
+enum Accepted {
+    Here(tokio::net::TcpStream),
+    /// Deregistered; registered again by the worker that serves it.
+    Handover(std::net::TcpStream),
+}
+
+impl Accepted {
+    /// The connection, registered with the reactor of the runtime this runs on.
+    fn register(self) -> std::io::Result<tokio::net::TcpStream> {
+        match self {
+            Accepted::Here(stream) => Ok(stream),
+            Accepted::Handover(stream) => tokio::net::TcpStream::from_std(stream),
+        }
     }
 }
 
