@@ -8,6 +8,7 @@ mod body;
 mod id;
 
 pub mod capture;
+pub mod encode;
 pub mod recorder;
 pub mod shard;
 
@@ -156,7 +157,8 @@ impl Record {
     }
 }
 
-fn split_pieces(encoded: Bytes) -> Vec<Bytes> {
+/// A record's MessagePack cut into pieces of at most [`PIECE_BYTES`].
+pub(crate) fn split_pieces(encoded: Bytes) -> Vec<Bytes> {
     if encoded.len() <= PIECE_BYTES {
         return vec![encoded];
     }

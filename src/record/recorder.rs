@@ -18,11 +18,11 @@ use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
 use super::capture::RawExchange;
+use super::encode::{client_ip_key, encode_exchange};
 use super::shard::shard_of;
-use super::{header_value_to_string, Body, Exchange, HttpExchange, Record, RecordId};
+use super::{split_pieces, Exchange, Record, RecordId};
 use crate::config::RecordConfig;
 use crate::metrics as m;
-use crate::proxy::headers::is_hop_by_hop;
 use crate::store::{NewRecord, Store};
 use crate::sync::mqtt::ShardSignal;
 
@@ -259,14 +259,21 @@ impl Writer {
 
     /// Encodes exchanges into the spool, dropping the oldest past capacity.
     fn spool_batch(&mut self, batch: &mut Vec<Captured>) {
+        let mut body_bytes = 0;
         for captured in batch.drain(..) {
             let record = match captured {
-                Captured::Http(raw) => self.to_record(raw),
-                Captured::Ready(record) => record,
+                Captured::Http(raw) => {
+                    body_bytes += raw.request_body.len + raw.response_body.len;
+                    self.encode_exchange(&raw)
+                }
+                Captured::Ready(record) => {
+                    body_bytes += record_body_bytes(&record);
+                    NewRecord::encode(&record)
+                }
             };
-            counter!(m::RECORD_BYTES_TOTAL).increment(record_body_bytes(&record) as u64);
-            self.spool.push_back(NewRecord::encode(&record));
+            self.spool.push_back(record);
         }
+        counter!(m::RECORD_BYTES_TOTAL).increment(body_bytes as u64);
         let excess = self.spool.len().saturating_sub(self.spool_capacity);
         if excess > 0 {
             self.spool.drain(..excess);
@@ -331,36 +338,20 @@ impl Writer {
         true
     }
 
-    fn to_record(&self, raw: RawExchange) -> Record {
-        let shard_key = self
+    /// The stored form of an HTTP exchange, on the shard its key picks.
+    fn encode_exchange(&self, raw: &RawExchange) -> NewRecord {
+        let shard = match self
             .shard_key_header
             .as_ref()
             .and_then(|h| raw.request_headers.get(h))
-            .map(|v| v.as_bytes().to_vec())
-            .unwrap_or_else(|| raw.client_addr.ip().to_string().into_bytes());
-        let shard = shard_of(&shard_key, self.shards);
-        Record {
-            id: None,
+        {
+            Some(key) => shard_of(key.as_bytes(), self.shards),
+            None => client_ip_key(raw, |key| shard_of(key, self.shards)),
+        };
+        let encoded = encode_exchange(raw, shard, &self.redact);
+        NewRecord {
             shard,
-            captured_at_ms: raw.captured_at_ms,
-            duration_us: raw.duration.as_micros() as u64,
-            client_addr: raw.client_addr.to_string(),
-            error: raw.error,
-            exchange: Exchange::Http(HttpExchange {
-                method: raw.method.to_string(),
-                uri: raw
-                    .uri
-                    .path_and_query()
-                    .map_or_else(|| "/".to_string(), |pq| pq.as_str().to_string()),
-                version: format!("{:?}", raw.version),
-                request_headers: headers_to_vec(&raw.request_headers, &self.redact),
-                request_body_truncated: raw.request_body.truncated,
-                request_body: Body(raw.request_body.concat()),
-                status: raw.status.map(|s| s.as_u16()),
-                response_headers: headers_to_vec(&raw.response_headers, &self.redact),
-                response_body_truncated: raw.response_body.truncated,
-                response_body: Body(raw.response_body.concat()),
-            }),
+            pieces: split_pieces(encoded),
         }
     }
 }
@@ -370,26 +361,4 @@ fn record_body_bytes(record: &Record) -> usize {
         Exchange::Http(h) => h.request_body.len() + h.response_body.len(),
         Exchange::Tcp(t) => t.kept_bytes(),
     }
-}
-
-/// What a redacted header value is stored as.
-pub const REDACTED: &str = "[redacted]";
-
-/// Headers in order, less hop-by-hop ones, with `redact`ed values hidden.
-pub fn headers_to_vec(
-    headers: &http::HeaderMap,
-    redact: &[http::HeaderName],
-) -> Vec<super::Header> {
-    headers
-        .iter()
-        .filter(|(name, _)| !is_hop_by_hop(name))
-        .map(|(name, value)| {
-            let value = if redact.contains(name) {
-                REDACTED.to_string()
-            } else {
-                header_value_to_string(value.as_bytes())
-            };
-            (name.as_str().to_string(), value)
-        })
-        .collect()
 }

@@ -1,0 +1,298 @@
+//! An HTTP exchange, as captured, straight to its stored MessagePack.
+//!
+//! The writer encodes tens of thousands of exchanges a second. Building a
+//! [`Record`](super::Record) first would copy every header into a `String`
+//! and every body into one buffer only to throw them away after encoding;
+//! the views here borrow from the [`RawExchange`] instead and encode the
+//! same map, field for field, so readers decode it as a `Record`.
+
+use std::io::Write as _;
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderName};
+use serde::ser::{SerializeSeq, Serializer};
+use serde::Serialize;
+
+use super::capture::{BodyBuf, RawExchange};
+use super::header_value_to_string;
+use crate::proxy::headers::is_hop_by_hop;
+
+/// What a redacted header value is stored as.
+pub const REDACTED: &str = "[redacted]";
+
+/// The MessagePack of the record for `raw` on `shard`, with the values of
+/// the `redact`ed headers hidden.
+pub fn encode_exchange(raw: &RawExchange, shard: u32, redact: &[HeaderName]) -> Bytes {
+    let mut client_addr = AddrBuf::default();
+    let _ = write!(client_addr, "{}", raw.client_addr);
+    let request_body = body_bytes(&raw.request_body);
+    let response_body = body_bytes(&raw.response_body);
+    let record = RecordView {
+        shard,
+        captured_at_ms: raw.captured_at_ms,
+        duration_us: raw.duration.as_micros() as u64,
+        client_addr: client_addr.as_str(),
+        error: raw.error.as_deref(),
+        exchange: ExchangeView::Http(HttpView {
+            method: raw.method.as_str(),
+            uri: raw.uri.path_and_query().map_or("/", |pq| pq.as_str()),
+            version: version_str(raw.version),
+            request_headers: HeadersView {
+                headers: &raw.request_headers,
+                redact,
+            },
+            request_body: BytesView(&request_body),
+            request_body_truncated: raw.request_body.truncated,
+            status: raw.status.map(|s| s.as_u16()),
+            response_headers: HeadersView {
+                headers: &raw.response_headers,
+                redact,
+            },
+            response_body: BytesView(&response_body),
+            response_body_truncated: raw.response_body.truncated,
+        }),
+    };
+    let headers = header_bytes(&raw.request_headers) + header_bytes(&raw.response_headers);
+    let mut out = Vec::with_capacity(request_body.len() + response_body.len() + headers + 384);
+    record
+        .serialize(&mut rmp_serde::Serializer::new(&mut out).with_struct_map())
+        .expect("writing to a Vec cannot fail");
+    Bytes::from(out)
+}
+
+/// The shard key of an exchange when no header names one: the client's IP
+/// address as text, written without allocating.
+pub fn client_ip_key(raw: &RawExchange, f: impl FnOnce(&[u8]) -> u32) -> u32 {
+    let mut buf = AddrBuf::default();
+    let _ = write!(buf, "{}", raw.client_addr.ip());
+    f(buf.as_str().as_bytes())
+}
+
+/// A body's bytes in one piece (a copy only when it came in several).
+fn body_bytes(body: &BodyBuf) -> std::borrow::Cow<'_, [u8]> {
+    match body.chunks.as_slice() {
+        [] => std::borrow::Cow::Borrowed(&[]),
+        [one] => std::borrow::Cow::Borrowed(one),
+        many => std::borrow::Cow::Owned(many.concat()),
+    }
+}
+
+fn header_bytes(headers: &HeaderMap) -> usize {
+    headers
+        .iter()
+        .map(|(n, v)| n.as_str().len() + v.len() + 4)
+        .sum()
+}
+
+/// As `format!("{:?}", version)` writes it, which is what records hold.
+fn version_str(version: http::Version) -> &'static str {
+    match version {
+        http::Version::HTTP_09 => "HTTP/0.9",
+        http::Version::HTTP_10 => "HTTP/1.0",
+        http::Version::HTTP_11 => "HTTP/1.1",
+        http::Version::HTTP_2 => "HTTP/2.0",
+        http::Version::HTTP_3 => "HTTP/3.0",
+        _ => "HTTP/?",
+    }
+}
+
+/// Room for the longest socket address text (`[v6%scope]:port`).
+struct AddrBuf {
+    buf: [u8; 64],
+    len: usize,
+}
+
+impl Default for AddrBuf {
+    fn default() -> Self {
+        AddrBuf {
+            buf: [0; 64],
+            len: 0,
+        }
+    }
+}
+
+impl AddrBuf {
+    fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.buf[..self.len]).expect("addresses print as ASCII")
+    }
+}
+
+impl std::io::Write for AddrBuf {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        let n = data.len().min(self.buf.len() - self.len);
+        self.buf[self.len..self.len + n].copy_from_slice(&data[..n]);
+        self.len += n;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+// The views mirror `Record`, `Exchange` and `HttpExchange` field for field
+// (names and order); `encodes_what_a_record_decodes` holds them together.
+
+#[derive(Serialize)]
+struct RecordView<'a> {
+    shard: u32,
+    captured_at_ms: u64,
+    duration_us: u64,
+    client_addr: &'a str,
+    error: Option<&'a str>,
+    exchange: ExchangeView<'a>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "snake_case")]
+enum ExchangeView<'a> {
+    Http(HttpView<'a>),
+}
+
+#[derive(Serialize)]
+struct HttpView<'a> {
+    method: &'a str,
+    uri: &'a str,
+    version: &'a str,
+    request_headers: HeadersView<'a>,
+    request_body: BytesView<'a>,
+    request_body_truncated: bool,
+    status: Option<u16>,
+    response_headers: HeadersView<'a>,
+    response_body: BytesView<'a>,
+    response_body_truncated: bool,
+}
+
+struct BytesView<'a>(&'a [u8]);
+
+impl Serialize for BytesView<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(self.0)
+    }
+}
+
+/// Headers in order as `[name, value]` pairs, less hop-by-hop ones.
+struct HeadersView<'a> {
+    headers: &'a HeaderMap,
+    redact: &'a [HeaderName],
+}
+
+impl Serialize for HeadersView<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let kept = || self.headers.iter().filter(|(name, _)| !is_hop_by_hop(name));
+        let mut seq = s.serialize_seq(Some(kept().count()))?;
+        for (name, value) in kept() {
+            if self.redact.contains(name) {
+                seq.serialize_element(&(name.as_str(), REDACTED))?;
+            } else if let Some(text) = std::str::from_utf8(value.as_bytes())
+                .ok()
+                .filter(|t| t.is_ascii())
+            {
+                seq.serialize_element(&(name.as_str(), text))?;
+            } else {
+                let text = header_value_to_string(value.as_bytes());
+                seq.serialize_element(&(name.as_str(), text.as_str()))?;
+            }
+        }
+        seq.end()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use http::{HeaderValue, Method, StatusCode, Uri, Version};
+
+    use super::*;
+    use crate::record::{Body, Exchange, HttpExchange, Record, RecordId};
+
+    fn raw() -> RawExchange {
+        let mut request_headers = HeaderMap::new();
+        request_headers.insert("host", HeaderValue::from_static("zone-a"));
+        request_headers.insert("connection", HeaderValue::from_static("keep-alive"));
+        request_headers.insert("authorization", HeaderValue::from_static("Bearer s3cret"));
+        request_headers.append("x-many", HeaderValue::from_static("1"));
+        request_headers.append("x-many", HeaderValue::from_static("2"));
+        let mut response_headers = HeaderMap::new();
+        response_headers.insert("x-odd", HeaderValue::from_bytes(&[0xe9, b'a']).unwrap());
+        RawExchange {
+            captured_at_ms: 1_747_629_658_000,
+            client_addr: "[::1]:50000".parse().unwrap(),
+            method: Method::PATCH,
+            uri: Uri::from_static("http://zone-a/a/b?x=1"),
+            version: Version::HTTP_2,
+            request_headers,
+            request_body: BodyBuf {
+                chunks: vec![Bytes::from_static(b"ab"), Bytes::from_static(b"cd")],
+                len: 4,
+                truncated: true,
+            },
+            status: Some(StatusCode::CREATED),
+            response_headers,
+            response_body: BodyBuf {
+                chunks: vec![Bytes::from_static(b"{\"ok\":true}")],
+                len: 11,
+                truncated: false,
+            },
+            duration: Duration::from_micros(1234),
+            error: Some("client went away".into()),
+        }
+    }
+
+    #[test]
+    fn encodes_what_a_record_decodes() {
+        let redact = [HeaderName::from_static("authorization")];
+        let encoded = encode_exchange(&raw(), 3, &redact);
+        let record = Record::decode_pieces(RecordId::new(1, 0), &[encoded]).unwrap();
+        let expected = Record {
+            id: Some(RecordId::new(1, 0)),
+            shard: 3,
+            captured_at_ms: 1_747_629_658_000,
+            duration_us: 1234,
+            client_addr: "[::1]:50000".into(),
+            error: Some("client went away".into()),
+            exchange: Exchange::Http(HttpExchange {
+                method: "PATCH".into(),
+                uri: "/a/b?x=1".into(),
+                version: "HTTP/2.0".into(),
+                request_headers: vec![
+                    ("host".into(), "zone-a".into()),
+                    ("authorization".into(), REDACTED.into()),
+                    ("x-many".into(), "1".into()),
+                    ("x-many".into(), "2".into()),
+                ],
+                request_body: Body::from(&b"abcd"[..]),
+                request_body_truncated: true,
+                status: Some(201),
+                response_headers: vec![("x-odd".into(), header_value_to_string(&[0xe9, b'a']))],
+                response_body: Body::from(&b"{\"ok\":true}"[..]),
+                response_body_truncated: false,
+            }),
+        };
+        assert_eq!(record, expected);
+        // Byte for byte what encoding the record itself gives.
+        let mut again = expected;
+        again.id = None;
+        assert_eq!(again.encode_pieces(), [encode_exchange(&raw(), 3, &redact)]);
+    }
+
+    #[test]
+    fn versions_read_as_they_always_did() {
+        for v in [
+            Version::HTTP_09,
+            Version::HTTP_10,
+            Version::HTTP_11,
+            Version::HTTP_2,
+            Version::HTTP_3,
+        ] {
+            assert_eq!(version_str(v), format!("{v:?}"));
+        }
+    }
+
+    #[test]
+    fn the_shard_key_is_the_client_ip_as_text() {
+        let key = client_ip_key(&raw(), |k| k.len() as u32 * 1000 + k[0] as u32);
+        assert_eq!(key, 3 * 1000 + b':' as u32, "`::1`");
+    }
+}
