@@ -88,8 +88,8 @@ pub trait Store: Send + Sync + 'static {
 
     async fn ping(&self) -> Result<(), StoreError>;
 
-    /// Writes a batch; returns the assigned ids in the same order. Records
-    /// of one shard are written all or none.
+    /// Writes a batch; returns the assigned ids in the same order. The
+    /// batch is written all or none.
     async fn append(&self, records: &[NewRecord]) -> Result<Vec<RecordId>, StoreError>;
 
     /// Records of `shard` with `from <= id <= to`, oldest first, at most `limit`.

@@ -1,8 +1,9 @@
 //! Redis Streams: one stream per shard, keys ready for Redis Cluster.
 //!
 //! Every key of a shard carries the hash tag `{s<N>}`, so one shard's
-//! records, checkpoints and replay results sit in one slot and a shard's
-//! writes can be one `MULTI`. A record is one stream entry whose fields
+//! records, checkpoints and replay results sit in one slot. A batch of
+//! records is one `MULTI` over every shard it touches (one Redis; a Redis
+//! Cluster would take one `MULTI` per shard, which the hash tags allow). A record is one stream entry whose fields
 //! `"0"`, `"1"`, … are its MessagePack pieces of at most 1 MiB.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -172,29 +173,28 @@ impl super::Store for RedisStore {
     }
 
     async fn append(&self, records: &[NewRecord]) -> Result<Vec<RecordId>, StoreError> {
-        let mut ids = vec![RecordId::ZERO; records.len()];
-        let mut shards: Vec<u32> = records.iter().map(|r| r.shard).collect();
-        shards.sort_unstable();
-        shards.dedup();
-        for shard in shards {
-            let key = self.key(shard, "records");
-            let mut pipe = redis::pipe();
-            pipe.atomic();
-            let positions: Vec<usize> = (0..records.len())
-                .filter(|&i| records[i].shard == shard)
-                .collect();
-            for &i in &positions {
-                let cmd = pipe.cmd("XADD").arg(&key).arg("*");
-                for (n, piece) in records[i].pieces.iter().enumerate() {
-                    cmd.arg(n).arg(piece.as_ref());
-                }
+        // One MULTI for the whole batch: one round trip, all or nothing
+        // (so writing it again after an error cannot duplicate records).
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        let mut key = String::new();
+        let mut key_shard = None;
+        for record in records {
+            if key_shard != Some(record.shard) {
+                key = self.key(record.shard, "records");
+                key_shard = Some(record.shard);
             }
-            let assigned: Vec<String> = pipe.query_async(&mut self.conn()).await?;
-            for (&i, id) in positions.iter().zip(assigned) {
-                ids[i] = parse_id(shard, &id)?;
+            let cmd = pipe.cmd("XADD").arg(&key).arg("*");
+            for (n, piece) in record.pieces.iter().enumerate() {
+                cmd.arg(n).arg(piece.as_ref());
             }
         }
-        Ok(ids)
+        let assigned: Vec<String> = pipe.query_async(&mut self.conn()).await?;
+        records
+            .iter()
+            .zip(assigned)
+            .map(|(record, id)| parse_id(record.shard, &id))
+            .collect()
     }
 
     async fn read(
