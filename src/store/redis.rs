@@ -28,6 +28,8 @@ pub struct RedisStore {
     prefix: String,
     described: String,
     commit_script: Script,
+    /// Each write trims its stream to about this many records.
+    max_len: Option<u64>,
 }
 
 /// How long a command may take once sent. Generous: a write that times out
@@ -73,7 +75,18 @@ impl RedisStore {
             prefix: config.key_prefix.clone(),
             described,
             commit_script: Script::new(COMMIT_LUA),
+            max_len: None,
         })
+    }
+
+    /// Keeps each record stream near `max_len` records as it is written
+    /// (`XADD … MAXLEN ~`: Redis drops whole old nodes, so a stream holds
+    /// up to a node's worth more; `trim` cuts it exactly). Without this a
+    /// busy stream grows for a whole retention period and trimming it then
+    /// stalls Redis while it frees millions of entries.
+    pub fn with_max_len(mut self, max_len: Option<u64>) -> RedisStore {
+        self.max_len = max_len.filter(|&n| n > 0);
+        self
     }
 
     fn conn(&self) -> ConnectionManager {
@@ -160,6 +173,7 @@ impl super::Store for RedisStore {
             prefix: self.prefix.clone(),
             described: self.described.clone(),
             commit_script: self.commit_script.clone(),
+            max_len: self.max_len,
         }))
     }
 
@@ -184,7 +198,11 @@ impl super::Store for RedisStore {
                 key = self.key(record.shard, "records");
                 key_shard = Some(record.shard);
             }
-            let cmd = pipe.cmd("XADD").arg(&key).arg("*");
+            let cmd = pipe.cmd("XADD").arg(&key);
+            if let Some(max_len) = self.max_len {
+                cmd.arg("MAXLEN").arg("~").arg(max_len);
+            }
+            cmd.arg("*");
             for (n, piece) in record.pieces.iter().enumerate() {
                 cmd.arg(n).arg(piece.as_ref());
             }

@@ -341,3 +341,23 @@ async fn redis_down_is_an_error_not_a_hang() {
     )
     .await;
 }
+
+#[tokio::test]
+async fn redis_streams_stay_near_retention_len_as_they_are_written() {
+    let server = RedisServer::start();
+    let store = redis_store(&server, "keep").with_max_len(Some(100));
+    let batch: Vec<NewRecord> = (0..50)
+        .map(|_| NewRecord::encode(&record(0, Bytes::from_static(b"x"))))
+        .collect();
+    let mut last = RecordId::ZERO;
+    for _ in 0..100 {
+        last = *store.append(&batch).await.unwrap().last().unwrap();
+    }
+    // 5,000 written; Redis trims whole nodes (100 entries each here), so
+    // between 100 and a few nodes more remain: the newest ones.
+    let len = store.len(0).await.unwrap();
+    assert!((100..=400).contains(&len), "{len} records kept");
+    assert_eq!(store.last_id(0).await.unwrap(), Some(last));
+    store.trim(0, None, Some(100)).await.unwrap();
+    assert_eq!(store.len(0).await.unwrap(), 100, "trim cuts exactly");
+}
