@@ -245,3 +245,44 @@ async fn http_workers_zero_one_or_several_all_proxy() {
     }
     assert_eq!(downstream.count(), 16);
 }
+
+/// A node runs without transparent huge pages (less memory per idle
+/// connection) unless `MIMALLOC_ALLOW_THP` asks for them.
+#[tokio::test]
+async fn huge_pages_are_off_unless_asked_for() {
+    let downstream = FakeDownstream::start().await;
+    for (allow, expected) in [(None, "0"), (Some("1"), "1")] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = plain_proxy_config(&downstream.url(), dir.path());
+        let api = free_port();
+        config["http"]["port"] = json!(free_port());
+        config["api"] = json!({"host": "127.0.0.1", "port": api});
+        let path = dir.path().join("node.json");
+        std::fs::write(&path, config.to_string()).unwrap();
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_qproxy"));
+        command
+            .arg("-c")
+            .arg(&path)
+            .stderr(std::process::Stdio::null());
+        match allow {
+            Some(value) => command.env("MIMALLOC_ALLOW_THP", value),
+            None => command.env_remove("MIMALLOC_ALLOW_THP"),
+        };
+        let mut child = command.spawn().unwrap();
+        eventually("the node listens", Duration::from_secs(10), || async {
+            tokio::net::TcpStream::connect(("127.0.0.1", api))
+                .await
+                .ok()
+        })
+        .await;
+        let status = std::fs::read_to_string(format!("/proc/{}/status", child.id())).unwrap();
+        let _ = child.kill();
+        let _ = child.wait();
+        let thp = status
+            .lines()
+            .find_map(|l| l.strip_prefix("THP_enabled:"))
+            .expect("Linux ≥ 5.0 shows THP_enabled")
+            .trim();
+        assert_eq!(thp, expected, "MIMALLOC_ALLOW_THP={allow:?}");
+    }
+}
