@@ -306,9 +306,12 @@ pub struct RecordConfig {
     /// Records per store write.
     #[serde(default = "default_record_batch")]
     pub batch_size: usize,
-    /// Records kept in memory while the store is unreachable.
+    /// Records kept in memory while the store is unreachable or behind.
     #[serde(default = "default_spool_capacity")]
     pub spool_capacity: usize,
+    /// Encoded bytes the spool holds at most (records of any size).
+    #[serde(default = "default_spool_bytes")]
+    pub spool_bytes: usize,
     /// Body bytes kept per direction; a longer body is proxied in full but
     /// recorded as truncated and not replayed.
     #[serde(default = "default_max_body_bytes")]
@@ -336,6 +339,7 @@ impl Default for RecordConfig {
             queue_capacity: default_queue_capacity(),
             batch_size: default_record_batch(),
             spool_capacity: default_spool_capacity(),
+            spool_bytes: default_spool_bytes(),
             max_body_bytes: default_max_body_bytes(),
             shard_key_header: None,
             redact_headers: Vec::new(),
@@ -634,6 +638,9 @@ fn default_record_batch() -> usize {
 fn default_spool_capacity() -> usize {
     100_000
 }
+fn default_spool_bytes() -> usize {
+    512 << 20
+}
 fn default_max_body_bytes() -> usize {
     64 << 20
 }
@@ -792,6 +799,15 @@ impl Config {
             return Err(invalid(
                 "record",
                 "queue_capacity, batch_size and spool_capacity must be at least 1".into(),
+            ));
+        }
+        if record.spool_bytes < 1 << 20 {
+            return Err(invalid(
+                "record.spool_bytes",
+                format!(
+                    "{} is too small: at least 1048576 (1 MiB)",
+                    record.spool_bytes
+                ),
             ));
         }
         for header in &record.redact_headers {
@@ -1035,6 +1051,19 @@ mod tests {
         let text = err.to_string();
         assert!(text.starts_with("test.json:2:"), "{text}");
         assert!(text.contains("comma missing"), "{text}");
+    }
+
+    #[test]
+    fn a_spool_needs_room_for_a_write() {
+        let err = parse("{\"mode\": \"Record\", \"record\": {\"spool_bytes\": 1000}}").unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.contains("record.spool_bytes") && text.contains("1 MiB"),
+            "{text}"
+        );
+        let ok = parse("{\"mode\": \"Record\", \"record\": {\"spool_bytes\": 1048576}}").unwrap();
+        assert_eq!(ok.record.spool_bytes, 1 << 20);
+        assert_eq!(RecordConfig::default().spool_bytes, 512 << 20);
     }
 
     #[test]

@@ -552,3 +552,99 @@ async fn redacted_headers_are_proxied_but_not_stored() {
     );
     node.stop().await;
 }
+
+/// A store that stops answering for a while (Redis `CLIENT PAUSE … WRITE`)
+/// must not cost records: while a write hangs, the writer keeps taking what
+/// the proxy captures into its spool, so a queue of 20 places loses nothing
+/// to 300 requests.
+#[tokio::test]
+async fn a_store_that_stalls_fills_the_spool_not_the_queue() {
+    let downstream = FakeDownstream::start().await;
+    let redis = RedisServer::start();
+    let store = StoreChoice::Redis {
+        url: redis.url(),
+        prefix: "stall".into(),
+    };
+    let mut config = support::record_config(&downstream.url(), 1, &store);
+    config["record"] = json!({"queue_capacity": 20, "batch_size": 10});
+    let node = support::start_node(config).await;
+    let proxy = node.http_addr.unwrap();
+    let api = node.api_addr;
+    support::send_posts(proxy, 1, "warm").await;
+    wait_for_records(api, "peer_id=p", 1).await;
+
+    support::redis_cli(redis.port, &["CLIENT", "PAUSE", "3000", "WRITE"]);
+    let started = std::time::Instant::now();
+    support::send_posts(proxy, 300, "stalled").await;
+    let (_, status) = get_json(&format!("http://{api}/api/status")).await;
+    if started.elapsed() < Duration::from_millis(2500) {
+        // Still paused: none of the 300 is written yet.
+        assert_eq!(status["recording"]["written"], 1, "{status}");
+    }
+    let done = eventually(
+        "301 written or dropped",
+        Duration::from_secs(20),
+        || async {
+            let (_, status) = get_json(&format!("http://{api}/api/status")).await;
+            let recording = &status["recording"];
+            let n = recording["written"].as_u64()? + recording["dropped"].as_u64()?;
+            (n == 301).then_some(status)
+        },
+    )
+    .await;
+    assert_eq!(done["recording"]["dropped"], 0, "{done}");
+    assert_eq!(done["recording"]["written"], 301, "{done}");
+    node.stop().await;
+}
+
+/// The spool is bounded in bytes too: with Redis down, ten records of
+/// 300 KiB do not fit in `spool_bytes` = 1 MiB; the oldest are dropped and
+/// counted, the newest are written once Redis is back.
+#[tokio::test]
+async fn the_spool_keeps_the_newest_records_within_spool_bytes() {
+    let downstream = FakeDownstream::start().await;
+    let mut redis = RedisServer::start();
+    let store = StoreChoice::Redis {
+        url: redis.url(),
+        prefix: "bytes".into(),
+    };
+    let mut config = support::record_config(&downstream.url(), 1, &store);
+    config["record"] = json!({"spool_bytes": 1 << 20});
+    let node = support::start_node(config).await;
+    let proxy = node.http_addr.unwrap();
+    let api = node.api_addr;
+    redis.stop();
+    for i in 0..10 {
+        let response = support::client()
+            .request(
+                Request::post(format!("http://{proxy}/big/{i}"))
+                    .body(Full::new(Bytes::from(vec![b'x'; 300 << 10])))
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+    }
+    let status = eventually(
+        "ten records spooled or dropped",
+        Duration::from_secs(10),
+        || async {
+            let (_, status) = get_json(&format!("http://{api}/api/status")).await;
+            let recording = &status["recording"];
+            let n = recording["spooled"].as_u64()? + recording["dropped"].as_u64()?;
+            (n == 10).then_some(status)
+        },
+    )
+    .await;
+    assert_eq!(status["recording"]["spooled"], 3, "{status}");
+    redis.restart();
+    let page = wait_for_records(api, "peer_id=p&limit=100", 3).await;
+    let uris: Vec<&str> = page["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["exchange"]["http"]["uri"].as_str().unwrap())
+        .collect();
+    assert_eq!(uris, ["/big/7", "/big/8", "/big/9"]);
+    node.stop().await;
+}
