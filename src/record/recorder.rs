@@ -334,7 +334,7 @@ impl Writer {
         true
     }
 
-    /// Encodes exchanges into the spool, dropping the oldest past capacity.
+    /// Encodes exchanges into the spool, dropping the oldest past its bounds.
     fn spool_batch(&mut self, batch: &mut Vec<Captured>) {
         let mut body_bytes = 0;
         for captured in batch.drain(..) {
@@ -407,8 +407,8 @@ impl Writer {
                 };
                 // Whatever the proxy captures meanwhile is taken too: while
                 // the store is slow or down, records wait in the spool
-                // (bounded by `record.spool_capacity`), not in the small
-                // queue in front of it.
+                // (bounded in records and bytes), not in the small queue
+                // in front of it.
                 let write = self.store.append(batch);
                 receive_while(
                     &mut self.rx,
