@@ -555,7 +555,7 @@ async fn redacted_headers_are_proxied_but_not_stored() {
 
 /// A store that stops answering for a while (Redis `CLIENT PAUSE … WRITE`)
 /// must not cost records: while a write hangs, the writer keeps taking what
-/// the proxy captures into its spool, so a queue of 20 places loses nothing
+/// the proxy captures into its spool, so a queue of 100 places loses nothing
 /// to 300 requests.
 #[tokio::test]
 async fn a_store_that_stalls_fills_the_spool_not_the_queue() {
@@ -566,7 +566,7 @@ async fn a_store_that_stalls_fills_the_spool_not_the_queue() {
         prefix: "stall".into(),
     };
     let mut config = support::record_config(&downstream.url(), 1, &store);
-    config["record"] = json!({"queue_capacity": 20, "batch_size": 10});
+    config["record"] = json!({"queue_capacity": 100, "batch_size": 10});
     let node = support::start_node(config).await;
     let proxy = node.http_addr.unwrap();
     let api = node.api_addr;
