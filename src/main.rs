@@ -15,8 +15,8 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// Transparent huge pages off for this process unless `MIMALLOC_ALLOW_THP`
 /// is set. mimalloc asks the kernel for them, which is a few percent faster
-/// under load, but every idle keep-alive connection then pins parts of
-/// whole 2 MiB pages: ~43 KiB a connection instead of ~19 KiB here. With
+/// under load, but idle keep-alive connections then pin part-used 2 MiB
+/// pages: 30–43 KiB a connection instead of ~19 KiB here. With
 /// `MIMALLOC_ALLOW_THP=1` mimalloc uses them again.
 fn limit_huge_pages() {
     #[cfg(target_os = "linux")]

@@ -3,8 +3,9 @@
 //! Every key of a shard carries the hash tag `{s<N>}`, so one shard's
 //! records, checkpoints and replay results sit in one slot. A batch of
 //! records is one `MULTI` over every shard it touches (one Redis; a Redis
-//! Cluster would take one `MULTI` per shard, which the hash tags allow). A record is one stream entry whose fields
-//! `"0"`, `"1"`, … are its MessagePack pieces of at most 1 MiB.
+//! Cluster would take one `MULTI` per shard, which the hash tags allow).
+//! A record is one stream entry whose fields `"0"`, `"1"`, … are its
+//! MessagePack pieces of at most 1 MiB.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
