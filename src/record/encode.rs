@@ -6,6 +6,7 @@
 //! the views here borrow from the [`RawExchange`] instead and encode the
 //! same map, field for field, so readers decode it as a `Record`.
 
+use std::borrow::Cow;
 use std::io::Write as _;
 
 use bytes::Bytes;
@@ -14,7 +15,7 @@ use serde::ser::{SerializeSeq, Serializer};
 use serde::Serialize;
 
 use super::capture::{BodyBuf, RawExchange};
-use super::header_value_to_string;
+use super::header_value_text;
 use crate::proxy::headers::is_hop_by_hop;
 
 /// What a redacted header value is stored as.
@@ -69,11 +70,11 @@ pub fn client_ip_key(raw: &RawExchange, f: impl FnOnce(&[u8]) -> u32) -> u32 {
 }
 
 /// A body's bytes in one piece (a copy only when it came in several).
-fn body_bytes(body: &BodyBuf) -> std::borrow::Cow<'_, [u8]> {
+fn body_bytes(body: &BodyBuf) -> Cow<'_, [u8]> {
     match body.chunks.as_slice() {
-        [] => std::borrow::Cow::Borrowed(&[]),
-        [one] => std::borrow::Cow::Borrowed(one),
-        many => std::borrow::Cow::Owned(many.concat()),
+        [] => Cow::Borrowed(&[]),
+        [one] => Cow::Borrowed(one),
+        many => Cow::Owned(many.concat()),
     }
 }
 
@@ -182,17 +183,12 @@ impl Serialize for HeadersView<'_> {
         let kept = || self.headers.iter().filter(|(name, _)| !is_hop_by_hop(name));
         let mut seq = s.serialize_seq(Some(kept().count()))?;
         for (name, value) in kept() {
-            if self.redact.contains(name) {
-                seq.serialize_element(&(name.as_str(), REDACTED))?;
-            } else if let Some(text) = std::str::from_utf8(value.as_bytes())
-                .ok()
-                .filter(|t| t.is_ascii())
-            {
-                seq.serialize_element(&(name.as_str(), text))?;
+            let text = if self.redact.contains(name) {
+                Cow::Borrowed(REDACTED)
             } else {
-                let text = header_value_to_string(value.as_bytes());
-                seq.serialize_element(&(name.as_str(), text.as_str()))?;
-            }
+                header_value_text(value.as_bytes())
+            };
+            seq.serialize_element(&(name.as_str(), &*text))?;
         }
         seq.end()
     }
@@ -205,7 +201,7 @@ mod tests {
     use http::{HeaderValue, Method, StatusCode, Uri, Version};
 
     use super::*;
-    use crate::record::{Body, Exchange, HttpExchange, Record, RecordId};
+    use crate::record::{header_value_to_string, Body, Exchange, HttpExchange, Record, RecordId};
 
     fn raw() -> RawExchange {
         let mut request_headers = HeaderMap::new();

@@ -170,9 +170,15 @@ pub(crate) fn split_pieces(encoded: Bytes) -> Vec<Bytes> {
 
 /// Header bytes to the stored form (one char per byte).
 pub fn header_value_to_string(value: &[u8]) -> String {
+    header_value_text(value).into_owned()
+}
+
+/// The stored form of header bytes, borrowed when they are ASCII (almost
+/// always), else one char per byte.
+pub fn header_value_text(value: &[u8]) -> std::borrow::Cow<'_, str> {
     match std::str::from_utf8(value) {
-        Ok(s) if s.is_ascii() => s.to_owned(),
-        _ => value.iter().map(|&b| b as char).collect(),
+        Ok(s) if s.is_ascii() => std::borrow::Cow::Borrowed(s),
+        _ => std::borrow::Cow::Owned(value.iter().map(|&b| b as char).collect()),
     }
 }
 

@@ -245,18 +245,24 @@ async fn receive_while<T>(
         tokio::select! {
             biased;
             result = &mut write => return result,
-            _ = tokio::time::sleep(DRAIN_EVERY), if *open => loop {
-                match rx.try_recv() {
-                    Ok(captured) => arrived.push(captured),
-                    Err(mpsc::error::TryRecvError::Empty) => break,
-                    Err(mpsc::error::TryRecvError::Disconnected) => {
-                        *open = false;
-                        break;
-                    }
-                }
-            },
+            _ = tokio::time::sleep(DRAIN_EVERY), if *open => {
+                *open = take_ready(rx, arrived, usize::MAX);
+            }
         }
     }
+}
+
+/// Moves what is queued into `batch`, without waiting, until it holds
+/// `limit`; false once every sender is gone.
+fn take_ready(rx: &mut mpsc::Receiver<Captured>, batch: &mut Vec<Captured>, limit: usize) -> bool {
+    while batch.len() < limit {
+        match rx.try_recv() {
+            Ok(captured) => batch.push(captured),
+            Err(mpsc::error::TryRecvError::Empty) => return true,
+            Err(mpsc::error::TryRecvError::Disconnected) => return false,
+        }
+    }
+    true
 }
 
 fn note_drop(stats: &RecorderStats, n: u64, reason: &'static str) {
@@ -291,7 +297,7 @@ impl Writer {
                         // records: let a few more arrive first. An idle
                         // writer writes at once.
                         tokio::time::sleep(LINGER).await;
-                        self.rx_open = self.take_ready(&mut batch);
+                        self.rx_open = take_ready(&mut self.rx, &mut batch, self.batch_size);
                     }
                 } else if let Some(at) = retry_at {
                     tokio::select! {
@@ -299,7 +305,7 @@ impl Writer {
                         _ = tokio::time::sleep_until(at.into()) => {}
                     }
                 } else {
-                    self.rx_open = self.take_ready(&mut batch);
+                    self.rx_open = take_ready(&mut self.rx, &mut batch, self.batch_size);
                 }
                 self.spool_batch(&mut batch);
             } else {
@@ -333,18 +339,6 @@ impl Writer {
             }
         }
         debug!("record writer stopped");
-    }
-
-    /// Takes what is queued without waiting; false once every sender is gone.
-    fn take_ready(&mut self, batch: &mut Vec<Captured>) -> bool {
-        while batch.len() < self.batch_size {
-            match self.rx.try_recv() {
-                Ok(ex) => batch.push(ex),
-                Err(mpsc::error::TryRecvError::Empty) => return true,
-                Err(mpsc::error::TryRecvError::Disconnected) => return false,
-            }
-        }
-        true
     }
 
     /// Encodes exchanges into the spool, dropping the oldest past its bounds.
