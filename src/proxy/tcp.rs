@@ -245,7 +245,7 @@ impl TcpProxy {
                 closed_by: closed_by.to_string(),
             }),
         };
-        recorder.submit_record(record, addr.ip().to_string().as_bytes());
+        recorder.submit_record(record, addr.ip());
     }
 }
 

@@ -7,7 +7,6 @@
 //! same map, field for field, so readers decode it as a `Record`.
 
 use std::borrow::Cow;
-use std::io::Write as _;
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName};
@@ -15,7 +14,7 @@ use serde::ser::{SerializeSeq, Serializer};
 use serde::Serialize;
 
 use super::capture::{BodyBuf, RawExchange};
-use super::header_value_text;
+use super::{header_value_text, text_in};
 use crate::proxy::headers::is_hop_by_hop;
 
 /// What a redacted header value is stored as.
@@ -24,15 +23,14 @@ pub const REDACTED: &str = "[redacted]";
 /// The MessagePack of the record for `raw` on `shard`, with the values of
 /// the `redact`ed headers hidden.
 pub fn encode_exchange(raw: &RawExchange, shard: u32, redact: &[HeaderName]) -> Bytes {
-    let mut client_addr = AddrBuf::default();
-    let _ = write!(client_addr, "{}", raw.client_addr);
+    let mut client_addr = [0; 64];
     let request_body = body_bytes(&raw.request_body);
     let response_body = body_bytes(&raw.response_body);
     let record = RecordView {
         shard,
         captured_at_ms: raw.captured_at_ms,
         duration_us: raw.duration.as_micros() as u64,
-        client_addr: client_addr.as_str(),
+        client_addr: text_in(raw.client_addr, &mut client_addr),
         error: raw.error.as_deref(),
         exchange: ExchangeView::Http(HttpView {
             method: raw.method.as_str(),
@@ -61,14 +59,6 @@ pub fn encode_exchange(raw: &RawExchange, shard: u32, redact: &[HeaderName]) -> 
     Bytes::from(out)
 }
 
-/// The shard key of an exchange when no header names one: the client's IP
-/// address as text, written without allocating.
-pub fn client_ip_key(raw: &RawExchange, f: impl FnOnce(&[u8]) -> u32) -> u32 {
-    let mut buf = AddrBuf::default();
-    let _ = write!(buf, "{}", raw.client_addr.ip());
-    f(buf.as_str().as_bytes())
-}
-
 /// A body's bytes in one piece (a copy only when it came in several).
 fn body_bytes(body: &BodyBuf) -> Cow<'_, [u8]> {
     match body.chunks.as_slice() {
@@ -94,40 +84,6 @@ fn version_str(version: http::Version) -> &'static str {
         http::Version::HTTP_2 => "HTTP/2.0",
         http::Version::HTTP_3 => "HTTP/3.0",
         _ => "HTTP/?",
-    }
-}
-
-/// Room for the longest socket address text (`[v6%scope]:port`).
-struct AddrBuf {
-    buf: [u8; 64],
-    len: usize,
-}
-
-impl Default for AddrBuf {
-    fn default() -> Self {
-        AddrBuf {
-            buf: [0; 64],
-            len: 0,
-        }
-    }
-}
-
-impl AddrBuf {
-    fn as_str(&self) -> &str {
-        std::str::from_utf8(&self.buf[..self.len]).expect("addresses print as ASCII")
-    }
-}
-
-impl std::io::Write for AddrBuf {
-    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
-        let n = data.len().min(self.buf.len() - self.len);
-        self.buf[self.len..self.len + n].copy_from_slice(&data[..n]);
-        self.len += n;
-        Ok(n)
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
     }
 }
 
@@ -284,11 +240,5 @@ mod tests {
         ] {
             assert_eq!(version_str(v), format!("{v:?}"));
         }
-    }
-
-    #[test]
-    fn the_shard_key_is_the_client_ip_as_text() {
-        let key = client_ip_key(&raw(), |k| k.len() as u32 * 1000 + k[0] as u32);
-        assert_eq!(key, 3 * 1000 + b':' as u32, "`::1`");
     }
 }

@@ -182,6 +182,17 @@ pub fn header_value_text(value: &[u8]) -> std::borrow::Cow<'_, str> {
     }
 }
 
+/// `value` as text in `buf`, without allocating: for the client addresses
+/// written for every record (the longest, `[v6%scope]:port`, takes 58
+/// bytes; longer text would be cut).
+pub(crate) fn text_in(value: impl std::fmt::Display, buf: &mut [u8; 64]) -> &str {
+    use std::io::Write as _;
+    let mut rest = &mut buf[..];
+    let _ = write!(rest, "{value}");
+    let len = 64 - rest.len();
+    std::str::from_utf8(&buf[..len]).unwrap_or_default()
+}
+
 /// The stored form back to header bytes; None if a char is not a byte.
 pub fn header_value_to_bytes(value: &str) -> Option<Vec<u8>> {
     value.chars().map(|c| u8::try_from(c).ok()).collect()
@@ -243,6 +254,17 @@ pub(crate) mod tests {
         assert_eq!(header_value_to_bytes(&s).unwrap(), all);
         assert_eq!(header_value_to_string(b"plain"), "plain");
         assert!(header_value_to_bytes("\u{4e2d}").is_none());
+    }
+
+    #[test]
+    fn addresses_fit_the_text_buffer() {
+        let longest = std::net::SocketAddrV6::new(
+            "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff".parse().unwrap(),
+            65535,
+            0,
+            u32::MAX,
+        );
+        assert_eq!(text_in(longest, &mut [0; 64]), longest.to_string());
     }
 
     #[test]

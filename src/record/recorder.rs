@@ -20,8 +20,8 @@ use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
 use super::capture::RawExchange;
-use super::encode::{client_ip_key, encode_exchange};
-use super::shard::shard_of;
+use super::encode::encode_exchange;
+use super::shard::{shard_of, shard_of_client};
 use super::{split_pieces, Exchange, Record, RecordId};
 use crate::config::RecordConfig;
 use crate::metrics as m;
@@ -170,9 +170,9 @@ impl Recorder {
         self.send(Captured::Http(exchange));
     }
 
-    /// Queues a finished record (its shard is set from `shard_key`).
-    pub fn submit_record(&self, mut record: Record, shard_key: &[u8]) {
-        record.shard = shard_of(shard_key, self.shards);
+    /// Queues a finished record of `client`'s traffic (sets its shard).
+    pub fn submit_record(&self, mut record: Record, client: std::net::IpAddr) {
+        record.shard = shard_of_client(client, self.shards);
         self.send(Captured::Ready(record));
     }
 
@@ -468,7 +468,7 @@ impl Writer {
             .and_then(|h| raw.request_headers.get(h))
         {
             Some(key) => shard_of(key.as_bytes(), self.shards),
-            None => client_ip_key(raw, |key| shard_of(key, self.shards)),
+            None => shard_of_client(raw.client_addr.ip(), self.shards),
         };
         let encoded = encode_exchange(raw, shard, &self.redact);
         NewRecord {
