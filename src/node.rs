@@ -439,7 +439,7 @@ fn spawn_retention(
 ) -> JoinHandle<()> {
     let shards = config.sync.shards;
     let max_age_ms = config.record.retention_secs.saturating_mul(1000);
-    let max_len = (config.record.retention_len > 0).then_some(config.record.retention_len);
+    let max_len = config.record.max_len();
     tokio::spawn(async move {
         if max_age_ms == 0 && max_len.is_none() {
             return;

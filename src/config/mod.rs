@@ -332,6 +332,13 @@ pub struct RecordConfig {
     pub retention_len: u64,
 }
 
+impl RecordConfig {
+    /// At most this many records per shard; `None` keeps them all (0).
+    pub fn max_len(&self) -> Option<u64> {
+        (self.retention_len > 0).then_some(self.retention_len)
+    }
+}
+
 impl Default for RecordConfig {
     fn default() -> Self {
         RecordConfig {

@@ -142,10 +142,9 @@ pub trait Store: Send + Sync + 'static {
 /// The store a config asks for: Redis when `redis` is set, else embedded.
 pub fn open(config: &Config) -> Result<Arc<dyn Store>, StoreError> {
     match &config.redis {
-        Some(redis) => {
-            let max_len = Some(config.record.retention_len);
-            Ok(Arc::new(RedisStore::new(redis)?.with_max_len(max_len)))
-        }
+        Some(redis) => Ok(Arc::new(
+            RedisStore::new(redis)?.with_max_len(config.record.max_len()),
+        )),
         None => Ok(Arc::new(EmbeddedStore::open(&config.data_dir)?)),
     }
 }
