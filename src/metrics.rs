@@ -31,6 +31,12 @@ pub const STORE_UP: &str = "qproxy_store_up";
 pub const REPLAYS_TOTAL: &str = "qproxy_replays_total";
 pub const REPLAY_DURATION_SECONDS: &str = "qproxy_replay_duration_seconds";
 pub const REPLAY_LAG_SECONDS: &str = "qproxy_replay_lag_seconds";
+/// Tries again at replays that did not reach their target.
+pub const REPLAY_RETRIES_TOTAL: &str = "qproxy_replay_retries_total";
+/// Records given up on after every attempt, waiting for an operator.
+pub const REPLAYS_PARKED: &str = "qproxy_replays_parked";
+/// Shards waiting on a record that could not be delivered yet.
+pub const SYNC_SHARDS_RETRYING: &str = "qproxy_sync_shards_retrying";
 pub const SYNC_PULLS_TOTAL: &str = "qproxy_sync_pulls_total";
 pub const SYNC_ERRORS_TOTAL: &str = "qproxy_sync_errors_total";
 pub const SYNC_LAG_SECONDS: &str = "qproxy_sync_lag_seconds";
@@ -130,6 +136,18 @@ fn describe() {
         REPLAY_LAG_SECONDS,
         Unit::Seconds,
         "From capture in zone A to replay in zone B"
+    );
+    describe_counter!(
+        REPLAY_RETRIES_TOTAL,
+        "Replays tried again because the target was not reached"
+    );
+    describe_gauge!(
+        REPLAYS_PARKED,
+        "Records given up on after every attempt, waiting to be re-driven"
+    );
+    describe_gauge!(
+        SYNC_SHARDS_RETRYING,
+        "Shards waiting on a record that could not be delivered yet"
     );
     describe_counter!(SYNC_PULLS_TOTAL, "Batches pulled from the Record node");
     describe_counter!(SYNC_ERRORS_TOTAL, "Failed sync rounds");

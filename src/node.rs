@@ -266,6 +266,12 @@ async fn run(
     let mut playback = None;
     if config.mode == Mode::Playback {
         let stats = Arc::new(PlaybackStats::default());
+        tasks.push(spawn_parked_count(
+            stats.clone(),
+            store.clone(),
+            config.sync.shards,
+            shutdown.clone(),
+        ));
         let target = config.http.as_ref().map(|h| h.downstream.clone());
         if let Some(target) = target {
             let replayer = Arc::new(
@@ -276,7 +282,8 @@ async fn run(
                     config.record.max_body_bytes,
                     tls.client.clone(),
                 )
-                .with_tcp_pacing(config.playback.tcp_pacing),
+                .with_tcp_pacing(config.playback.tcp_pacing)
+                .with_retry_statuses(config.playback.retry_statuses.clone()),
             );
             let peer = config.sync.peer.as_ref();
             if config.sync.enabled {
@@ -318,6 +325,7 @@ async fn run(
                     interval: config.sync.interval(),
                     batch_size: config.sync.batch_size,
                     results_kept: config.playback.results_retention_len,
+                    retry: config.playback.retry_policy(),
                 });
                 tasks.extend(runner.spawn(shutdown.clone()));
             }
@@ -327,6 +335,8 @@ async fn run(
                 peer_id: config.sync.peer_id.clone(),
                 peer_addr: peer.map(|p| format!("{}:{}", p.host, p.port)),
                 results_kept: config.playback.results_retention_len,
+                parked_down_threshold: config.playback.parked_down_threshold,
+                redrive: tokio::sync::Mutex::new(()),
             });
         }
     }
@@ -430,6 +440,31 @@ fn watch_mqtt(client: Arc<MqttClient>, shutdown: CancellationToken) -> JoinHandl
 fn count_http_connection(delta: i64) {
     metrics::gauge!(crate::metrics::HTTP_ACTIVE_CONNECTIONS, "protocol" => "http")
         .increment(delta as f64);
+}
+
+/// Counts the records parked by an earlier run, once the store answers.
+fn spawn_parked_count(
+    stats: Arc<PlaybackStats>,
+    store: Arc<dyn Store>,
+    shards: u32,
+    shutdown: CancellationToken,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            match stats.refresh_parked(store.as_ref(), shards).await {
+                Ok(0) => return,
+                Ok(parked) => {
+                    warn!(parked, "records parked by an earlier run wait to be re-driven (POST /api/replays/retry)");
+                    return;
+                }
+                Err(_) => {}
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                _ = shutdown.cancelled() => return,
+            }
+        }
+    })
 }
 
 fn spawn_retention(

@@ -2,7 +2,8 @@
 //! 127.0.0.1:8084) so a proxied application keeps its own `/health`.
 //!
 //! Record node: `GET /sync`, `POST /commit`. Playback node: `POST /sync`,
-//! `GET /api/replays`. Both: `GET /health`, `GET /api/status`,
+//! `GET /api/replays`, `GET /api/replays/parked`, `POST /api/replays/retry`.
+//! Both: `GET /health`, `GET /api/status`,
 //! `GET /metrics`. With `api.auth_token` set, everything but `/health`
 //! needs `Authorization: Bearer <token>`.
 
@@ -23,11 +24,11 @@ use serde_json::json;
 use self::query::Query;
 use crate::config::{valid_peer_id, Mode};
 use crate::mqtt_client::MqttClient;
-use crate::playback::{Outcome, PlaybackStats, ReplayResult, Replayer};
+use crate::playback::{Outcome, PlaybackStats, Redrive, ReplayResult, Replayer};
 use crate::record::recorder::RecorderStats;
 use crate::record::RecordId;
 use crate::server::Handler;
-use crate::store::{Store, StoreError};
+use crate::store::{ReplayWrite, Store, StoreError};
 use crate::sync::source::{read_batch, PullRequest};
 use crate::sync::{Checkpoint, CommitRequest, ShardId, SyncBatch};
 
@@ -49,6 +50,10 @@ pub struct PlaybackApi {
     pub peer_id: String,
     pub peer_addr: Option<String>,
     pub results_kept: u64,
+    /// `/health` is DOWN at this many parked records (0: never).
+    pub parked_down_threshold: u64,
+    /// One re-drive at a time, so no parked record is replayed twice at once.
+    pub redrive: tokio::sync::Mutex<()>,
 }
 
 pub struct ApiState {
@@ -110,7 +115,13 @@ impl Api {
             (&Method::POST, "/commit", Mode::Record) => self.commit(req).await,
             (&Method::POST, "/sync", Mode::Playback) => self.push(req).await,
             (&Method::GET, "/api/replays", Mode::Playback) => self.replays(&req).await,
-            (_, "/sync" | "/commit" | "/api/replays", _) => Err(Refusal(
+            (&Method::GET, "/api/replays/parked", Mode::Playback) => self.parked(&req).await,
+            (&Method::POST, "/api/replays/retry", Mode::Playback) => self.redrive(req).await,
+            (
+                _,
+                "/sync" | "/commit" | "/api/replays" | "/api/replays/parked" | "/api/replays/retry",
+                _,
+            ) => Err(Refusal(
                 StatusCode::METHOD_NOT_ALLOWED,
                 format!("{method} {path} is not served by a {mode} node"),
             )),
@@ -239,7 +250,7 @@ impl Api {
         }
         let mut results = Vec::with_capacity(batch.records.len());
         for record in &batch.records {
-            results.push(playback.replayer.replay(record).await);
+            results.push(playback.replayer.replay(record).await.result);
         }
         playback.stats.count(&results);
         for shard in 0..self.state.shards {
@@ -251,13 +262,12 @@ impl Api {
             if !of_shard.is_empty() {
                 self.state
                     .store
-                    .save_replays(
+                    .save_replays(ReplayWrite::results(
                         &playback.peer_id,
                         shard,
                         &of_shard,
-                        None,
                         playback.results_kept,
-                    )
+                    ))
                     .await?;
             }
         }
@@ -316,6 +326,87 @@ impl Api {
         ))
     }
 
+    fn playback(&self) -> &PlaybackApi {
+        self.state
+            .playback
+            .as_ref()
+            .expect("playback nodes have a replayer")
+    }
+
+    /// `GET /api/replays/parked?shard=&limit=`: records given up on, with
+    /// their last result, oldest first.
+    async fn parked(&self, req: &Request<Incoming>) -> Result<ApiResponse, Refusal> {
+        let mut q = Query::parse(req.uri().query().unwrap_or("")).map_err(Refusal::bad)?;
+        let shard = q
+            .take("shard")
+            .map(|s| {
+                ShardId::parse(&s)
+                    .map_err(Refusal::bad)
+                    .and_then(|id| self.shard(id))
+            })
+            .transpose()?;
+        let limit = take_limit(&mut q, 100)?;
+        q.finish(&["shard", "limit"]).map_err(Refusal::bad)?;
+        let shards: Vec<u32> = match shard {
+            Some(s) => vec![s],
+            None => (0..self.state.shards).collect(),
+        };
+        let mut parked = Vec::new();
+        let mut total = 0;
+        for shard in shards {
+            total += self.state.store.parked_count(shard).await?;
+            if parked.len() < limit {
+                parked.extend(self.state.store.parked(shard, limit - parked.len()).await?);
+            }
+        }
+        Ok(json_response(
+            StatusCode::OK,
+            &json!({ "parked": parked, "total": total }),
+        ))
+    }
+
+    /// `POST /api/replays/retry` with `{}` (every parked record),
+    /// `{"shard": N}` or `{"shard": N, "record_id": "…"}`.
+    async fn redrive(&self, req: Request<Incoming>) -> Result<ApiResponse, Refusal> {
+        #[derive(serde::Deserialize, Default)]
+        #[serde(deny_unknown_fields)]
+        struct Which {
+            shard: Option<ShardId>,
+            record_id: Option<RecordId>,
+        }
+        let body = read_body(req, MAX_COMMIT_BODY).await?;
+        let which: Which = if body.iter().all(u8::is_ascii_whitespace) {
+            Which::default()
+        } else {
+            serde_json::from_slice(&body).map_err(|e| Refusal::bad(format!("retry body: {e}")))?
+        };
+        let shard = which.shard.map(|s| self.shard(s)).transpose()?;
+        if which.record_id.is_some() && shard.is_none() {
+            return Err(Refusal::bad(
+                "record_id goes with shard: ids are unique within a shard only",
+            ));
+        }
+        let playback = self.playback();
+        let _one_at_a_time = playback.redrive.lock().await;
+        let done = Redrive {
+            store: self.state.store.as_ref(),
+            replayer: &playback.replayer,
+            stats: &playback.stats,
+            peer: &playback.peer_id,
+            shards: self.state.shards,
+            keep: playback.results_kept,
+        }
+        .run(shard, which.record_id)
+        .await?;
+        if let (Some(id), true) = (which.record_id, done.results.is_empty()) {
+            return Err(Refusal(
+                StatusCode::NOT_FOUND,
+                format!("record {id} is not parked on shard {}", shard.unwrap_or(0)),
+            ));
+        }
+        Ok(json_response(StatusCode::OK, &done))
+    }
+
     async fn store_up(&self) -> Result<(), String> {
         match tokio::time::timeout(Duration::from_secs(2), self.state.store.ping()).await {
             Ok(Ok(())) => Ok(()),
@@ -331,6 +422,8 @@ impl Api {
     async fn health(&self) -> ApiResponse {
         let store = self.store_up().await;
         let mut errors: Vec<String> = Vec::new();
+        // Problems that leave the node DEGRADED but serving (200).
+        let mut warnings: Vec<String> = Vec::new();
         let mut components = serde_json::Map::new();
         let store_key = if self.state.uses_redis {
             "redis"
@@ -348,28 +441,43 @@ impl Api {
             }
             components.insert("recording".into(), up_down(ok));
         }
+        let mut degraded = false;
         if let Some(pb) = &self.state.playback {
             let ok = pb.stats.sync_ok.load(Ordering::Relaxed);
             if !ok {
                 errors.push("the last sync round with the peer failed".into());
             }
             components.insert("sync".into(), up_down(ok));
+            let (replay, problems) = replay_health(pb);
+            degraded |= replay == "DEGRADED";
+            if replay == "DOWN" {
+                errors.extend(problems);
+            } else {
+                warnings.extend(problems);
+            }
+            components.insert("replay".into(), json!(replay));
         }
         components.insert("system".into(), up_down(true));
         let up = errors.is_empty();
+        let status = match (up, degraded) {
+            (false, _) => "DOWN",
+            (true, true) => "DEGRADED",
+            (true, false) => "UP",
+        };
+        errors.extend(warnings);
         let body = json!({
-            "status": if up { "UP" } else { "DOWN" },
+            "status": status,
             "mode": self.state.mode,
             "components": components,
             "last_check": crate::clock::format_ms(crate::clock::now_ms()),
-            "error": if up { None } else { Some(errors.join("; ")) },
+            "error": if errors.is_empty() { None } else { Some(errors.join("; ")) },
         });
-        let status = if up {
+        let code = if up {
             StatusCode::OK
         } else {
             StatusCode::SERVICE_UNAVAILABLE
         };
-        json_response(status, &body)
+        json_response(code, &body)
     }
 
     async fn status(&self) -> Result<ApiResponse, Refusal> {
@@ -434,6 +542,9 @@ impl Api {
                 "commits": s.commits.load(Ordering::Relaxed),
                 "sync_errors": s.sync_errors.load(Ordering::Relaxed),
                 "last_sync": (last_sync > 0).then(|| crate::clock::format_ms(last_sync)),
+                "retries": s.retries.load(Ordering::Relaxed),
+                "parked": s.parked.load(Ordering::Relaxed),
+                "waiting": s.waiting(),
             });
         }
         Ok(json_response(StatusCode::OK, &body))
@@ -467,6 +578,33 @@ fn take_limit(q: &mut Query, default: usize) -> Result<usize, Refusal> {
             .filter(|n| (1..=MAX_SYNC_LIMIT).contains(n))
             .ok_or_else(|| Refusal::bad(format!("limit `{s}` must be 1 to {MAX_SYNC_LIMIT}"))),
     }
+}
+
+/// The replay component: DEGRADED while a shard waits on a record that has
+/// not reached its target or records are parked, DOWN once
+/// `playback.parked_down_threshold` records are parked.
+fn replay_health(pb: &PlaybackApi) -> (&'static str, Vec<String>) {
+    let mut problems = Vec::new();
+    for (shard, on) in pb.stats.waiting() {
+        problems.push(format!(
+            "shard {shard} waits on record {} after {} attempt(s): {}",
+            on.record_id, on.attempts, on.error
+        ));
+    }
+    let parked = pb.stats.parked.load(Ordering::Relaxed);
+    if parked > 0 {
+        problems.push(format!(
+            "{parked} record(s) parked after every attempt (GET /api/replays/parked; POST /api/replays/retry re-drives them)"
+        ));
+    }
+    let state = if pb.parked_down_threshold > 0 && parked >= pb.parked_down_threshold {
+        "DOWN"
+    } else if problems.is_empty() {
+        "UP"
+    } else {
+        "DEGRADED"
+    };
+    (state, problems)
 }
 
 fn up_down(up: bool) -> serde_json::Value {

@@ -368,6 +368,22 @@ pub struct PlaybackConfig {
     /// How a TCP session's client chunks are sent at replay.
     #[serde(default)]
     pub tcp_pacing: TcpPacing,
+    /// Tries at a record that does not reach its target before it is
+    /// parked; the shard waits meanwhile.
+    #[serde(default = "default_max_attempts")]
+    pub max_attempts: u32,
+    /// Also parked once this many ms have passed since its first failed
+    /// try; null: attempts alone decide.
+    #[serde(default)]
+    pub max_retry_ms: Option<u64>,
+    /// Replayed statuses that mean "not delivered" (e.g. a gateway's 502,
+    /// 503, 504 while the service behind it restarts), unless zone A's
+    /// downstream answered the same.
+    #[serde(default)]
+    pub retry_statuses: Vec<u16>,
+    /// `/health` is DOWN once this many records are parked (0: never).
+    #[serde(default = "default_parked_down_threshold")]
+    pub parked_down_threshold: u64,
 }
 
 impl Default for PlaybackConfig {
@@ -376,6 +392,19 @@ impl Default for PlaybackConfig {
             timeout_ms: default_replay_timeout_ms(),
             results_retention_len: default_results_len(),
             tcp_pacing: TcpPacing::default(),
+            max_attempts: default_max_attempts(),
+            max_retry_ms: None,
+            retry_statuses: Vec::new(),
+            parked_down_threshold: default_parked_down_threshold(),
+        }
+    }
+}
+
+impl PlaybackConfig {
+    pub fn retry_policy(&self) -> crate::playback::RetryPolicy {
+        crate::playback::RetryPolicy {
+            max_attempts: self.max_attempts,
+            max_retry: self.max_retry_ms.map(Duration::from_millis),
         }
     }
 }
@@ -663,6 +692,12 @@ fn default_replay_timeout_ms() -> u64 {
 fn default_results_len() -> u64 {
     100_000
 }
+fn default_max_attempts() -> u32 {
+    10
+}
+fn default_parked_down_threshold() -> u64 {
+    100
+}
 
 /// Largest `sync.shards`: every shard is a stream and a task.
 pub const MAX_SHARDS: u32 = 1024;
@@ -781,6 +816,23 @@ impl Config {
                         .into(),
                 ));
             }
+        }
+        if self.playback.max_attempts == 0 {
+            return Err(invalid(
+                "playback.max_attempts",
+                "must be at least 1 (1: park a record at its first failed try)".into(),
+            ));
+        }
+        if let Some(status) = self
+            .playback
+            .retry_statuses
+            .iter()
+            .find(|s| !(100..=599).contains(*s))
+        {
+            return Err(invalid(
+                "playback.retry_statuses",
+                format!("{status} is not an HTTP status (100 to 599)"),
+            ));
         }
         if let Some(n) = self.http.as_ref().and_then(|h| h.workers) {
             if n > 1024 {

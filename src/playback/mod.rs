@@ -1,12 +1,17 @@
 //! The Playback node's work: pull records, replay them in order, compare,
-//! keep the results, commit.
+//! retry what did not arrive, park what never does, keep the results,
+//! commit.
 
 mod compare;
+mod parked;
 mod replay;
 mod result;
+mod retry;
 mod runner;
 
 pub use compare::{compare_bytes, compare_http};
+pub use parked::{Redrive, Redriven, MAX_REDRIVE};
 pub use replay::{Replayer, REPLAY_ID_HEADER, REPLAY_SHARD_HEADER};
-pub use result::{Outcome, ReplayResult};
-pub use runner::{PlaybackStats, SyncLink, SyncRunner, Transport};
+pub use result::{Attempt, Outcome, ParkedRecord, ReplayResult};
+pub use retry::{RetryPolicy, Retrying};
+pub use runner::{PlaybackStats, SyncLink, SyncRunner, Transport, WaitingOn};

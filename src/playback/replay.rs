@@ -10,7 +10,7 @@ use hyper_util::client::legacy::Client;
 use metrics::{counter, histogram};
 
 use super::compare::{compare_bytes, compare_http};
-use super::{Outcome, ReplayResult};
+use super::{Attempt, Outcome, ReplayResult};
 use crate::config::{Downstream, TcpPacing};
 use crate::metrics as m;
 use crate::proxy::headers::is_hop_by_hop;
@@ -32,6 +32,31 @@ pub struct Replayer {
     timeout: Duration,
     max_body_bytes: usize,
     tcp_pacing: TcpPacing,
+    /// Replayed statuses that mean a gateway could not reach the target.
+    retry_statuses: Vec<u16>,
+}
+
+/// Why a replay did not reach its target.
+struct Failure {
+    reason: String,
+    /// Another try may deliver it.
+    transient: bool,
+}
+
+impl Failure {
+    fn transient(reason: String) -> Failure {
+        Failure {
+            reason,
+            transient: true,
+        }
+    }
+
+    fn permanent(reason: String) -> Failure {
+        Failure {
+            reason,
+            transient: false,
+        }
+    }
 }
 
 impl Replayer {
@@ -51,7 +76,15 @@ impl Replayer {
             timeout,
             max_body_bytes,
             tcp_pacing: TcpPacing::Fast,
+            retry_statuses: Vec::new(),
         }
+    }
+
+    /// Replayed statuses (e.g. 502, 503, 504 from a gateway) that count as
+    /// not delivered, unless zone A's downstream answered the same.
+    pub fn with_retry_statuses(mut self, statuses: Vec<u16>) -> Replayer {
+        self.retry_statuses = statuses;
+        self
     }
 
     /// How TCP sessions are paced (fast by default).
@@ -60,27 +93,39 @@ impl Replayer {
         self
     }
 
-    pub async fn replay(&self, record: &Record) -> ReplayResult {
+    /// One try at replaying `record`, judged against its recording.
+    pub async fn replay(&self, record: &Record) -> Attempt {
         let started = Instant::now();
         let id = record.id.unwrap_or(RecordId::ZERO);
         let protocol = record.protocol().as_str();
+        let mut transient = false;
+        let mut failed = |f: Failure| {
+            transient = f.transient;
+            (Outcome::Failed, Some(f.reason), None)
+        };
         let (outcome, detail, replayed_status) = match &record.exchange {
             Exchange::Http(http) => match skip_reason(record, http) {
                 Some(reason) => (Outcome::Skipped, Some(reason), None),
                 None => match self.replay_http(record.shard, id, http).await {
+                    Ok((status, _)) if self.gateway_failure(status, http.status) => {
+                        failed(Failure::transient(format!(
+                            "target {} answered {status} (listed in playback.retry_statuses)",
+                            self.target.authority()
+                        )))
+                    }
                     Ok((status, body)) => {
                         let recorded = http.status.unwrap_or(0);
                         let (outcome, diff) =
                             compare_http(recorded, &http.response_body, status, &body);
                         (outcome, diff, Some(status))
                     }
-                    Err(reason) => (Outcome::Failed, Some(reason), None),
+                    Err(f) => failed(f),
                 },
             },
-            Exchange::Tcp(tcp) => {
-                let (outcome, detail) = self.replay_tcp(record, tcp).await;
-                (outcome, detail, None)
-            }
+            Exchange::Tcp(tcp) => match self.replay_tcp(record, tcp).await {
+                Ok((outcome, detail)) => (outcome, detail, None),
+                Err(f) => failed(f),
+            },
         };
         let (method, uri, recorded_status) = match &record.exchange {
             Exchange::Http(h) => (h.method.clone(), h.uri.clone(), h.status),
@@ -94,18 +139,26 @@ impl Replayer {
         let now = crate::clock::now_ms();
         histogram!(m::REPLAY_LAG_SECONDS)
             .record(now.saturating_sub(record.captured_at_ms) as f64 / 1000.0);
-        ReplayResult {
-            record_id: id,
-            shard: record.shard,
-            outcome,
-            detail,
-            replayed_at_ms: now,
-            duration_us: elapsed.as_micros() as u64,
-            method,
-            uri,
-            recorded_status,
-            replayed_status,
+        Attempt {
+            result: ReplayResult {
+                record_id: id,
+                shard: record.shard,
+                outcome,
+                detail,
+                replayed_at_ms: now,
+                duration_us: elapsed.as_micros() as u64,
+                method,
+                uri,
+                recorded_status,
+                replayed_status,
+                attempts: 1,
+            },
+            transient,
         }
+    }
+
+    fn gateway_failure(&self, replayed: u16, recorded: Option<u16>) -> bool {
+        self.retry_statuses.contains(&replayed) && recorded != Some(replayed)
     }
 
     async fn replay_http(
@@ -113,32 +166,42 @@ impl Replayer {
         shard: u32,
         id: RecordId,
         http: &HttpExchange,
-    ) -> Result<(u16, Bytes), String> {
-        let request = self.build_request(shard, id, http)?;
+    ) -> Result<(u16, Bytes), Failure> {
+        let request = self
+            .build_request(shard, id, http)
+            .map_err(Failure::permanent)?;
         let exchange = async {
             let response = self.client.request(request).await.map_err(|e| {
-                format!(
+                Failure::transient(format!(
                     "target {}: {}",
                     self.target.authority(),
                     crate::proxy::root_cause(&e)
-                )
+                ))
             })?;
             let status = response.status().as_u16();
             let body = Limited::new(response.into_body(), self.max_body_bytes)
                 .collect()
                 .await
-                .map_err(|e| format!("reading the replayed response: {e}"))?
+                .map_err(|e| {
+                    let reason = format!("reading the replayed response: {e}");
+                    if e.is::<http_body_util::LengthLimitError>() {
+                        // Delivered: another try would get the same answer.
+                        Failure::permanent(reason)
+                    } else {
+                        Failure::transient(reason)
+                    }
+                })?
                 .to_bytes();
             Ok((status, body))
         };
         tokio::time::timeout(self.timeout, exchange)
             .await
             .map_err(|_| {
-                format!(
+                Failure::transient(format!(
                     "no answer from {} within {:?}",
                     self.target.authority(),
                     self.timeout
-                )
+                ))
             })?
     }
 
@@ -186,28 +249,31 @@ impl Replayer {
     /// Sends the client's chunks in order, each once the server bytes that
     /// preceded it in the recording have arrived, then compares what the
     /// server sent with what zone A's server sent.
-    async fn replay_tcp(&self, record: &Record, tcp: &TcpSession) -> (Outcome, Option<String>) {
+    async fn replay_tcp(
+        &self,
+        record: &Record,
+        tcp: &TcpSession,
+    ) -> Result<(Outcome, Option<String>), Failure> {
         if tcp.chunks.is_empty() && record.error.is_some() {
             let why = record.error.as_deref().unwrap_or("no connection");
-            return (
+            return Ok((
                 Outcome::Skipped,
                 Some(format!("zone A's downstream was not reached: {why}")),
-            );
+            ));
         }
         if tcp.truncated {
-            return (
+            return Ok((
                 Outcome::Skipped,
                 Some(
                     "session was larger than record.max_body_bytes and was not recorded in full"
                         .into(),
                 ),
-            );
+            ));
         }
         let Some(target) = &self.tcp_target else {
-            return (
-                Outcome::Failed,
-                Some("this Playback node has no tcp.downstream to replay to".into()),
-            );
+            return Err(Failure::permanent(
+                "this Playback node has no tcp.downstream to replay to".into(),
+            ));
         };
         // Paced as recorded, a session takes at least as long as it did.
         let timeout = match self.tcp_pacing {
@@ -218,19 +284,16 @@ impl Replayer {
             }
         };
         match tokio::time::timeout(timeout, run_tcp(target, tcp, self.tcp_pacing)).await {
-            Ok(Ok(server_bytes)) => {
+            Ok(Ok(server_bytes)) => Ok(
                 match compare_bytes("server bytes", &tcp.server_stream(), &server_bytes) {
                     None => (Outcome::Matched, None),
                     Some(diff) => (Outcome::Mismatched, Some(diff)),
-                }
-            }
-            Ok(Err(e)) => (Outcome::Failed, Some(format!("target {target}: {e}"))),
-            Err(_) => (
-                Outcome::Failed,
-                Some(format!(
-                    "target {target}: session not done within {timeout:?}"
-                )),
+                },
             ),
+            Ok(Err(e)) => Err(Failure::transient(format!("target {target}: {e}"))),
+            Err(_) => Err(Failure::transient(format!(
+                "target {target}: session not done within {timeout:?}"
+            ))),
         }
     }
 }

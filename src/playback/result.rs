@@ -68,4 +68,30 @@ pub struct ReplayResult {
     pub uri: String,
     pub recorded_status: Option<u16>,
     pub replayed_status: Option<u16>,
+    /// Tries this result took: 1 unless the target could not be reached at
+    /// first (see [`crate::playback::RetryPolicy`]).
+    #[serde(default = "one")]
+    pub attempts: u32,
+}
+
+fn one() -> u32 {
+    1
+}
+
+/// One try at replaying a record.
+#[derive(Debug, Clone)]
+pub struct Attempt {
+    pub result: ReplayResult,
+    /// The record did not reach the target (refused, reset, timed out, or a
+    /// gateway status listed in `playback.retry_statuses`): trying again may
+    /// deliver it. False for failures that another try cannot fix (a record
+    /// that cannot be sent, a missing target).
+    pub transient: bool,
+}
+
+/// A record given up on, kept with its last result for re-driving.
+#[derive(Debug, Clone)]
+pub struct ParkedRecord {
+    pub result: ReplayResult,
+    pub pieces: Vec<bytes::Bytes>,
 }

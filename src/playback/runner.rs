@@ -11,9 +11,16 @@
 //! write → commit. A crash before the local write replays that batch's
 //! records again (each carries `X-QProxy-Replay-Id`); a crash after it only
 //! repeats the commit. A committed record is never replayed again.
+//!
+//! A record that does not reach its target stops the round there: what came
+//! before it is saved and committed, and the shard tries that record again
+//! after a backoff ([`RetryPolicy`]), so nothing is committed past it. Once
+//! the policy gives up, the record is parked with its last result (kept
+//! until an operator re-drives it) and the shard moves on.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::Notify;
@@ -23,10 +30,10 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use super::{Outcome, ReplayResult, Replayer};
+use super::{Outcome, ParkedRecord, ReplayResult, Replayer, RetryPolicy, Retrying};
 use crate::metrics as m;
-use crate::record::RecordId;
-use crate::store::{Store, StoreError};
+use crate::record::{Record, RecordId};
+use crate::store::{ReplayWrite, Store, StoreError};
 use crate::sync::client::{PeerClient, PeerError};
 use crate::sync::mqtt::MqttLink;
 use crate::sync::source::PullRequest;
@@ -48,6 +55,20 @@ pub struct PlaybackStats {
     pub transport: AtomicU8,
     pub notifications: Arc<AtomicU64>,
     pub mqtt_commits: AtomicU64,
+    /// Tries again at records that had not reached their target.
+    pub retries: AtomicU64,
+    /// Records parked now (all shards).
+    pub parked: AtomicU64,
+    /// The shards waiting on a record that has not reached its target yet.
+    pub waiting: Mutex<BTreeMap<u32, WaitingOn>>,
+}
+
+/// The record a shard waits on, for `/health` and `/api/status`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct WaitingOn {
+    pub record_id: RecordId,
+    pub attempts: u32,
+    pub error: String,
 }
 
 /// How a batch or a commit travelled.
@@ -73,6 +94,31 @@ impl PlaybackStats {
             2 => Some(Transport::Http),
             _ => None,
         }
+    }
+
+    /// Shards waiting on a record now.
+    pub fn waiting(&self) -> BTreeMap<u32, WaitingOn> {
+        self.waiting.lock().expect("waiting lock").clone()
+    }
+
+    fn set_waiting(&self, shard: u32, on: Option<WaitingOn>) {
+        let mut waiting = self.waiting.lock().expect("waiting lock");
+        match on {
+            Some(on) => waiting.insert(shard, on),
+            None => waiting.remove(&shard),
+        };
+        gauge!(m::SYNC_SHARDS_RETRYING).set(waiting.len() as f64);
+    }
+
+    /// Counts the parked records of every shard again, from the store.
+    pub async fn refresh_parked(&self, store: &dyn Store, shards: u32) -> Result<u64, StoreError> {
+        let mut parked = 0;
+        for shard in 0..shards {
+            parked += store.parked_count(shard).await?;
+        }
+        self.parked.store(parked, Ordering::Relaxed);
+        gauge!(m::REPLAYS_PARKED).set(parked as f64);
+        Ok(parked)
     }
 
     pub fn count(&self, results: &[ReplayResult]) {
@@ -177,6 +223,7 @@ pub struct SyncRunner {
     pub interval: Duration,
     pub batch_size: usize,
     pub results_kept: u64,
+    pub retry: RetryPolicy,
 }
 
 /// What a round did: whether more records wait, the id it committed, and
@@ -185,6 +232,17 @@ struct RoundDone {
     more: bool,
     last: Option<RecordId>,
     next: Option<(SyncBatch, Transport)>,
+}
+
+/// What replaying a batch in order came to.
+#[derive(Default)]
+struct Replayed {
+    results: Vec<ReplayResult>,
+    park: Vec<ParkedRecord>,
+    /// Every record up to here is done (replayed, parked, or done before).
+    upto: Option<RecordId>,
+    /// The round stopped at a record that did not reach its target.
+    stopped: Option<String>,
 }
 
 impl SyncRunner {
@@ -208,21 +266,25 @@ impl SyncRunner {
         let mut cursor: Option<RecordId> = None;
         // The next batch, pulled while this one was replayed.
         let mut prefetched = None;
+        // The record this shard waits on, when one did not reach its target.
+        let mut retrying: Option<Retrying> = None;
         loop {
             let round = tokio::select! {
-                r = self.round(shard, cursor, prefetched.take()) => r,
+                r = self.round(shard, cursor, prefetched.take(), &mut retrying) => r,
                 _ = shutdown.cancelled() => return,
             };
             self.stats.sync_ok.store(round.is_ok(), Ordering::Relaxed);
-            let pause = match round {
+            let (pause, wake_early) = match round {
                 Ok(done) => {
                     failures = 0;
                     cursor = done.last.or(cursor);
                     prefetched = done.next;
-                    if done.more {
-                        continue;
+                    match &retrying {
+                        // Notifications must not hurry a backoff.
+                        Some(r) => (self.retry.backoff(r.attempts), false),
+                        None if done.more => continue,
+                        None => (self.interval, true),
                     }
-                    self.interval
                 }
                 Err(e) => {
                     self.stats.sync_errors.fetch_add(1, Ordering::Relaxed);
@@ -234,15 +296,92 @@ impl SyncRunner {
                     }
                     failures = failures.saturating_add(1);
                     let backoff = Duration::from_millis(100u64 << failures.min(5));
-                    backoff.min(self.interval.max(Duration::from_millis(100)))
+                    (
+                        backoff.min(self.interval.max(Duration::from_millis(100))),
+                        true,
+                    )
+                }
+            };
+            let woken = async {
+                if wake_early {
+                    self.wake[shard as usize].notified().await
+                } else {
+                    std::future::pending().await
                 }
             };
             tokio::select! {
                 _ = tokio::time::sleep(pause) => {}
-                _ = self.wake[shard as usize].notified() => {}
+                _ = woken => {}
                 _ = shutdown.cancelled() => return,
             }
         }
+    }
+
+    /// Replays `records` in order, skipping those up to `done`, until one
+    /// does not reach its target (the shard then waits and tries it again)
+    /// or the retry policy gives up on it (it is parked and the round goes
+    /// on).
+    async fn replay_in_order(
+        &self,
+        shard: u32,
+        records: &[Record],
+        done: Option<RecordId>,
+        retrying: &mut Option<Retrying>,
+    ) -> Replayed {
+        let mut out = Replayed::default();
+        for record in records {
+            let id = record.id.unwrap_or(RecordId::ZERO);
+            if done.is_some_and(|done| id <= done) {
+                out.upto = Some(id);
+                continue;
+            }
+            let attempt = self.replayer.replay(record).await;
+            let mut result = attempt.result;
+            if result.outcome != Outcome::Failed {
+                if let Some(r) = retrying.take_if(|r| r.id == id) {
+                    result.attempts = r.attempts + 1;
+                    info!(shard, record_id = %id, attempts = result.attempts, "replay delivered after retrying");
+                }
+                out.results.push(result);
+                out.upto = Some(id);
+                continue;
+            }
+            let tried = Retrying::failed(retrying.take(), id);
+            result.attempts = tried.attempts;
+            let error = result.detail.clone().unwrap_or_default();
+            if attempt.transient && !self.retry.gives_up(tried.attempts, tried.since.elapsed()) {
+                if tried.attempts == 1 {
+                    warn!(shard, record_id = %id, %error, "replay did not reach its target; the shard waits and tries it again");
+                } else {
+                    debug!(shard, record_id = %id, attempts = tried.attempts, %error, "replay failed again");
+                }
+                self.stats.retries.fetch_add(1, Ordering::Relaxed);
+                counter!(m::REPLAY_RETRIES_TOTAL).increment(1);
+                self.stats.set_waiting(
+                    shard,
+                    Some(WaitingOn {
+                        record_id: id,
+                        attempts: tried.attempts,
+                        error: error.clone(),
+                    }),
+                );
+                *retrying = Some(tried);
+                out.stopped = Some(error);
+                return out;
+            }
+            warn!(
+                shard, record_id = %id, attempts = tried.attempts, %error,
+                "replay given up and parked; GET /api/replays/parked lists it, POST /api/replays/retry re-drives it"
+            );
+            out.park.push(ParkedRecord {
+                result: result.clone(),
+                pieces: record.encode_pieces(),
+            });
+            out.results.push(result);
+            out.upto = Some(id);
+        }
+        self.stats.set_waiting(shard, None);
+        out
     }
 
     /// One pull → replay → save → commit. When more records wait, the next
@@ -253,6 +392,7 @@ impl SyncRunner {
         shard: u32,
         after: Option<RecordId>,
         prefetched: Option<(SyncBatch, Transport)>,
+        retrying: &mut Option<Retrying>,
     ) -> Result<RoundDone, RoundError> {
         let request = PullRequest {
             peer_id: self.peer_id.clone(),
@@ -293,54 +433,88 @@ impl SyncRunner {
         // Read every round, not only after a restart: a round whose commit
         // failed after its results were saved is pulled again by the next.
         let done = self.store.replayed_upto(&self.peer_id, shard).await?;
-        let replay_all = async {
-            let mut results = Vec::with_capacity(batch.records.len());
-            for record in &batch.records {
-                if done.is_some() && record.id <= done {
-                    continue;
-                }
-                results.push(self.replayer.replay(record).await);
-            }
-            results
-        };
-        let (results, next) = if batch.has_more {
+        let replay_all = self.replay_in_order(shard, &batch.records, done, retrying);
+        let (replayed, next) = if batch.has_more {
             let next_request = PullRequest {
                 after: Some(last),
                 ..request.clone()
             };
             // A failed prefetch is pulled again by the next round.
-            let (results, next) = tokio::join!(replay_all, self.link.pull(&next_request));
-            (results, next.ok())
+            let (replayed, next) = tokio::join!(replay_all, self.link.pull(&next_request));
+            (replayed, next.ok())
         } else {
             (replay_all.await, None)
         };
-        self.store
-            .save_replays(
-                &self.peer_id,
-                shard,
-                &results,
-                Some(last),
-                self.results_kept,
-            )
-            .await?;
-        self.stats.count(&results);
-        if let Some(newest) = batch.records.last() {
-            let lag = crate::clock::now_ms().saturating_sub(newest.captured_at_ms);
-            let lag = if batch.has_more {
-                lag as f64 / 1000.0
-            } else {
-                0.0
-            };
-            gauge!(m::SYNC_LAG_SECONDS, "shard" => shard_label).set(lag);
+        if !replayed.results.is_empty() || replayed.upto.is_some() {
+            self.store
+                .save_replays(ReplayWrite {
+                    peer: &self.peer_id,
+                    shard,
+                    results: &replayed.results,
+                    park: &replayed.park,
+                    unpark: &[],
+                    upto: replayed.upto,
+                    keep: self.results_kept,
+                })
+                .await?;
         }
+        self.stats.count(&replayed.results);
+        if !replayed.park.is_empty() {
+            self.stats
+                .refresh_parked(self.store.as_ref(), self.shards)
+                .await?;
+        }
+        if replayed.stopped.is_none() {
+            if let Some(newest) = batch.records.last() {
+                let lag = crate::clock::now_ms().saturating_sub(newest.captured_at_ms);
+                let lag = if batch.has_more {
+                    lag as f64 / 1000.0
+                } else {
+                    0.0
+                };
+                gauge!(m::SYNC_LAG_SECONDS, "shard" => shard_label).set(lag);
+            }
+        }
+        // The commit says how the shard stands: waiting on a record (never
+        // past it), some records parked, or all done.
+        let (status, retry_count, error_message) = match (&replayed.stopped, retrying.as_ref()) {
+            (Some(error), Some(r)) => (CommitStatus::InProgress, r.attempts, error.clone()),
+            _ if !replayed.park.is_empty() => (
+                CommitStatus::Failed,
+                replayed
+                    .park
+                    .iter()
+                    .map(|p| p.result.attempts)
+                    .max()
+                    .unwrap_or(0),
+                format!(
+                    "{} record(s) parked after every attempt; the last: {}",
+                    replayed.park.len(),
+                    replayed
+                        .park
+                        .last()
+                        .and_then(|p| p.result.detail.as_deref())
+                        .unwrap_or("")
+                ),
+            ),
+            _ => (CommitStatus::Completed, 0, String::new()),
+        };
+        let Some(upto) = replayed.upto.or(after) else {
+            // Stopped at the first record after a restart: nothing to commit.
+            return Ok(RoundDone {
+                more: false,
+                last: None,
+                next: None,
+            });
+        };
         let commit = CommitRequest {
             peer_id: self.peer_id.clone(),
             shard_id: ShardId(shard),
             last_sync_time: crate::clock::now_ms() / 1000,
-            last_record_id: last,
-            status: CommitStatus::Completed,
-            retry_count: 0,
-            error_message: String::new(),
+            last_record_id: upto,
+            status,
+            retry_count,
+            error_message,
         };
         let transport = self.link.commit(&commit).await?;
         self.stats.commits.fetch_add(1, Ordering::Relaxed);
@@ -349,11 +523,18 @@ impl SyncRunner {
         }
         counter!(m::COMMITS_TOTAL, "transport" => transport.as_str(), "result" => "sent")
             .increment(1);
-        debug!(shard, replayed = results.len(), last = %last, via = transport.as_str(), "batch committed");
+        debug!(shard, replayed = replayed.results.len(), last = %upto, via = transport.as_str(), "batch committed");
+        let stopped = replayed.stopped.is_some();
         Ok(RoundDone {
-            more: batch.has_more,
-            last: Some(last),
-            next,
+            more: batch.has_more && !stopped,
+            last: Some(upto),
+            // Waiting on a record: the same batch serves the next try (what
+            // is done in it is skipped), so a backoff costs no pull.
+            next: if stopped {
+                Some((batch, transport))
+            } else {
+                next
+            },
         })
     }
 }

@@ -11,7 +11,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
-use super::{decode_result, encode_result, NewRecord, StoreError, StoredRecord};
+use super::{decode_result, encode_result, NewRecord, ReplayWrite, StoreError, StoredRecord};
 use crate::playback::ReplayResult;
 use crate::record::RecordId;
 use crate::sync::Checkpoint;
@@ -22,6 +22,9 @@ const RECORDS: TableDefinition<IdKey, &[u8]> = TableDefinition::new("records");
 const CHECKPOINTS: TableDefinition<(&str, u32), &[u8]> = TableDefinition::new("checkpoints");
 const REPLAYS: TableDefinition<IdKey, &[u8]> = TableDefinition::new("replays");
 const REPLAYED: TableDefinition<(&str, u32), (u64, u64)> = TableDefinition::new("replayed");
+/// Parked records' last results, and the records themselves.
+const PARKED: TableDefinition<IdKey, &[u8]> = TableDefinition::new("parked");
+const PARKED_RECORDS: TableDefinition<IdKey, &[u8]> = TableDefinition::new("parked_records");
 
 #[derive(Clone)]
 pub struct EmbeddedStore {
@@ -56,6 +59,9 @@ impl EmbeddedStore {
                 .map_err(|e| fail(e.to_string()))?;
             txn.open_table(REPLAYS).map_err(|e| fail(e.to_string()))?;
             txn.open_table(REPLAYED).map_err(|e| fail(e.to_string()))?;
+            txn.open_table(PARKED).map_err(|e| fail(e.to_string()))?;
+            txn.open_table(PARKED_RECORDS)
+                .map_err(|e| fail(e.to_string()))?;
         }
         txn.commit().map_err(|e| fail(e.to_string()))?;
         Ok(EmbeddedStore {
@@ -291,16 +297,23 @@ impl super::Store for EmbeddedStore {
         .await
     }
 
-    async fn save_replays(
-        &self,
-        peer: &str,
-        shard: u32,
-        results: &[ReplayResult],
-        upto: Option<RecordId>,
-        keep: u64,
-    ) -> Result<(), StoreError> {
-        let peer = peer.to_owned();
-        let results = results.to_vec();
+    async fn save_replays(&self, write: ReplayWrite<'_>) -> Result<(), StoreError> {
+        let peer = write.peer.to_owned();
+        let shard = write.shard;
+        let results = write.results.to_vec();
+        let park: Vec<(RecordId, Vec<u8>, Vec<u8>)> = write
+            .park
+            .iter()
+            .map(|p| {
+                let mut whole = Vec::with_capacity(p.pieces.iter().map(Bytes::len).sum());
+                for piece in &p.pieces {
+                    whole.extend_from_slice(piece);
+                }
+                (p.result.record_id, encode_result(&p.result), whole)
+            })
+            .collect();
+        let unpark = write.unpark.to_vec();
+        let (upto, keep) = (write.upto, write.keep);
         self.blocking(move |inner| {
             let txn = inner.db.begin_write().map_err(err)?;
             {
@@ -326,6 +339,22 @@ impl super::Store for EmbeddedStore {
                             },
                         )
                         .map_err(err)?;
+                }
+                if !park.is_empty() || !unpark.is_empty() {
+                    let mut parked = txn.open_table(PARKED).map_err(err)?;
+                    let mut records = txn.open_table(PARKED_RECORDS).map_err(err)?;
+                    for (id, result, record) in &park {
+                        parked
+                            .insert(key(shard, *id), result.as_slice())
+                            .map_err(err)?;
+                        records
+                            .insert(key(shard, *id), record.as_slice())
+                            .map_err(err)?;
+                    }
+                    for id in &unpark {
+                        parked.remove(key(shard, *id)).map_err(err)?;
+                        records.remove(key(shard, *id)).map_err(err)?;
+                    }
                 }
                 if let Some(upto) = upto {
                     let mut marks = txn.open_table(REPLAYED).map_err(err)?;
@@ -366,6 +395,49 @@ impl super::Store for EmbeddedStore {
                 out.extend(decode_result(v.value()));
             }
             Ok(out)
+        })
+        .await
+    }
+
+    async fn parked(&self, shard: u32, limit: usize) -> Result<Vec<ReplayResult>, StoreError> {
+        self.blocking(move |inner| {
+            let txn = inner.db.begin_read().map_err(err)?;
+            let table = txn.open_table(PARKED).map_err(err)?;
+            let mut out = Vec::new();
+            let range = table
+                .range(key(shard, RecordId::ZERO)..=key(shard, RecordId::MAX))
+                .map_err(err)?;
+            for entry in range.take(limit) {
+                let (_, v) = entry.map_err(err)?;
+                out.extend(decode_result(v.value()));
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn parked_record(
+        &self,
+        shard: u32,
+        id: RecordId,
+    ) -> Result<Option<StoredRecord>, StoreError> {
+        self.blocking(move |inner| {
+            let txn = inner.db.begin_read().map_err(err)?;
+            let table = txn.open_table(PARKED_RECORDS).map_err(err)?;
+            let value = table.get(key(shard, id)).map_err(err)?;
+            Ok(value.map(|v| StoredRecord {
+                shard,
+                id,
+                pieces: vec![Bytes::copy_from_slice(v.value())],
+            }))
+        })
+        .await
+    }
+
+    async fn parked_count(&self, shard: u32) -> Result<u64, StoreError> {
+        self.blocking(move |inner| {
+            let txn = inner.db.begin_read().map_err(err)?;
+            count_in(&txn.open_table(PARKED).map_err(err)?, shard)
         })
         .await
     }

@@ -14,7 +14,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 
 use crate::config::Config;
-use crate::playback::ReplayResult;
+use crate::playback::{ParkedRecord, ReplayResult};
 use crate::record::{Record, RecordId};
 use crate::sync::Checkpoint;
 
@@ -122,21 +122,60 @@ pub trait Store: Send + Sync + 'static {
     /// ([`Checkpoint::merge`]); returns what is stored afterwards.
     async fn commit(&self, checkpoint: Checkpoint) -> Result<Checkpoint, StoreError>;
 
-    /// Playback side: keeps `results` (at most `keep` per shard) and, in the
-    /// same write, marks `upto` as replayed by `peer`.
-    async fn save_replays(
-        &self,
-        peer: &str,
-        shard: u32,
-        results: &[ReplayResult],
-        upto: Option<RecordId>,
-        keep: u64,
-    ) -> Result<(), StoreError>;
+    /// Playback side: keeps what one replay round did, all in one write.
+    async fn save_replays(&self, write: ReplayWrite<'_>) -> Result<(), StoreError>;
 
     async fn replayed_upto(&self, peer: &str, shard: u32) -> Result<Option<RecordId>, StoreError>;
 
     /// Replay results of `shard`, newest first, at most `limit`.
     async fn replays(&self, shard: u32, limit: usize) -> Result<Vec<ReplayResult>, StoreError>;
+
+    /// The last results of the parked records of `shard`, oldest first, at
+    /// most `limit`.
+    async fn parked(&self, shard: u32, limit: usize) -> Result<Vec<ReplayResult>, StoreError>;
+
+    /// A parked record, to replay it again.
+    async fn parked_record(
+        &self,
+        shard: u32,
+        id: RecordId,
+    ) -> Result<Option<StoredRecord>, StoreError>;
+
+    /// How many records of `shard` are parked.
+    async fn parked_count(&self, shard: u32) -> Result<u64, StoreError>;
+}
+
+/// What one replay round of a shard keeps: its results, the records given
+/// up on, the parked records delivered at last, and how far `peer` got.
+#[derive(Debug, Clone, Copy)]
+pub struct ReplayWrite<'a> {
+    pub peer: &'a str,
+    pub shard: u32,
+    pub results: &'a [ReplayResult],
+    /// Records given up on (or re-driven in vain): kept, with their last
+    /// result, until re-driven; a record parked again is replaced.
+    pub park: &'a [ParkedRecord],
+    /// Parked records that have now been delivered.
+    pub unpark: &'a [RecordId],
+    /// Marks everything up to here as replayed by `peer`.
+    pub upto: Option<RecordId>,
+    /// Results kept per shard.
+    pub keep: u64,
+}
+
+impl<'a> ReplayWrite<'a> {
+    /// Results only, with nothing parked and no mark.
+    pub fn results(peer: &'a str, shard: u32, results: &'a [ReplayResult], keep: u64) -> Self {
+        ReplayWrite {
+            peer,
+            shard,
+            results,
+            park: &[],
+            unpark: &[],
+            upto: None,
+            keep,
+        }
+    }
 }
 
 /// The store a config asks for: Redis when `redis` is set, else embedded.

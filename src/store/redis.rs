@@ -15,7 +15,7 @@ use bytes::Bytes;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{Script, Value};
 
-use super::{decode_result, encode_result, NewRecord, StoreError, StoredRecord};
+use super::{decode_result, encode_result, NewRecord, ReplayWrite, StoreError, StoredRecord};
 use crate::config::RedisConfig;
 use crate::playback::ReplayResult;
 use crate::record::RecordId;
@@ -97,6 +97,13 @@ impl RedisStore {
 
     fn key(&self, shard: u32, what: &str) -> String {
         format!("{}:{{s{}}}:{}", self.prefix, shard, what)
+    }
+}
+
+impl RedisStore {
+    /// A parked record: a list of its MessagePack pieces.
+    fn parked_key(&self, shard: u32, id: RecordId) -> String {
+        self.key(shard, &format!("parked:{id}"))
     }
 }
 
@@ -326,31 +333,46 @@ impl super::Store for RedisStore {
         Ok(serde_json::from_str(&stored).unwrap_or(checkpoint))
     }
 
-    async fn save_replays(
-        &self,
-        peer: &str,
-        shard: u32,
-        results: &[ReplayResult],
-        upto: Option<RecordId>,
-        keep: u64,
-    ) -> Result<(), StoreError> {
+    async fn save_replays(&self, write: ReplayWrite<'_>) -> Result<(), StoreError> {
+        let shard = write.shard;
         let key = self.key(shard, "replays");
         let mut pipe = redis::pipe();
         pipe.atomic();
-        for result in results {
+        for result in write.results {
             pipe.cmd("XADD")
                 .arg(&key)
                 .arg("MAXLEN")
-                .arg(keep.max(1))
+                .arg(write.keep.max(1))
                 .arg("*")
                 .arg("r")
                 .arg(encode_result(result))
                 .ignore();
         }
-        if let Some(upto) = upto {
+        let parked = self.key(shard, "parked");
+        for p in write.park {
+            let id = p.result.record_id;
+            pipe.cmd("HSET")
+                .arg(&parked)
+                .arg(id.to_string())
+                .arg(encode_result(&p.result))
+                .ignore();
+            let record = self.parked_key(shard, id);
+            pipe.cmd("DEL").arg(&record).ignore();
+            let mut push = redis::cmd("RPUSH");
+            push.arg(&record);
+            for piece in &p.pieces {
+                push.arg(piece.as_ref());
+            }
+            pipe.add_command(push).ignore();
+        }
+        for id in write.unpark {
+            pipe.cmd("HDEL").arg(&parked).arg(id.to_string()).ignore();
+            pipe.cmd("DEL").arg(self.parked_key(shard, *id)).ignore();
+        }
+        if let Some(upto) = write.upto {
             pipe.cmd("HSET")
                 .arg(self.key(shard, "replayed"))
-                .arg(peer)
+                .arg(write.peer)
                 .arg(upto.to_string())
                 .ignore();
         }
@@ -377,6 +399,45 @@ impl super::Store for RedisStore {
             .query_async(&mut self.conn())
             .await?;
         Ok(parse_replays(reply))
+    }
+
+    async fn parked(&self, shard: u32, limit: usize) -> Result<Vec<ReplayResult>, StoreError> {
+        let all: Vec<(String, Vec<u8>)> = redis::cmd("HGETALL")
+            .arg(self.key(shard, "parked"))
+            .query_async(&mut self.conn())
+            .await?;
+        let mut parked: Vec<ReplayResult> = all
+            .iter()
+            .filter_map(|(_, value)| decode_result(value))
+            .collect();
+        parked.sort_by_key(|r| r.record_id);
+        parked.truncate(limit);
+        Ok(parked)
+    }
+
+    async fn parked_record(
+        &self,
+        shard: u32,
+        id: RecordId,
+    ) -> Result<Option<StoredRecord>, StoreError> {
+        let pieces: Vec<Vec<u8>> = redis::cmd("LRANGE")
+            .arg(self.parked_key(shard, id))
+            .arg(0)
+            .arg(-1)
+            .query_async(&mut self.conn())
+            .await?;
+        Ok((!pieces.is_empty()).then(|| StoredRecord {
+            shard,
+            id,
+            pieces: pieces.into_iter().map(Bytes::from).collect(),
+        }))
+    }
+
+    async fn parked_count(&self, shard: u32) -> Result<u64, StoreError> {
+        Ok(redis::cmd("HLEN")
+            .arg(self.key(shard, "parked"))
+            .query_async(&mut self.conn())
+            .await?)
     }
 }
 

@@ -5,9 +5,9 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use qproxy::config::RedisConfig;
-use qproxy::playback::{Outcome, ReplayResult};
+use qproxy::playback::{Outcome, ParkedRecord, ReplayResult};
 use qproxy::record::{Body, Exchange, HttpExchange, Record, RecordId, PIECE_BYTES};
-use qproxy::store::{EmbeddedStore, NewRecord, RedisStore, Store};
+use qproxy::store::{EmbeddedStore, NewRecord, RedisStore, ReplayWrite, Store};
 use qproxy::sync::{Checkpoint, CommitStatus};
 
 use crate::support::RedisServer;
@@ -60,6 +60,7 @@ fn result(id: RecordId, shard: u32, outcome: Outcome, at: u64) -> ReplayResult {
         uri: "/".into(),
         recorded_status: Some(200),
         replayed_status: Some(200),
+        attempts: 1,
     }
 }
 
@@ -211,7 +212,10 @@ async fn conformance(store: Arc<dyn Store>) {
         })
         .collect();
     store
-        .save_replays("p", 0, &results, Some(RecordId::new(104, 0)), 3)
+        .save_replays(ReplayWrite {
+            upto: Some(RecordId::new(104, 0)),
+            ..ReplayWrite::results("p", 0, &results, 3)
+        })
         .await
         .unwrap();
     assert_eq!(
@@ -224,6 +228,75 @@ async fn conformance(store: Arc<dyn Store>) {
     assert_eq!(kept[0].record_id, RecordId::new(104, 0), "newest first");
     assert_eq!(kept[1].outcome, Outcome::Mismatched);
     assert!(store.replays(1, 10).await.unwrap().is_empty());
+
+    // Parking: a record given up on is kept whole (a multi-piece one too)
+    // with its last result, parked again in place, and gone once delivered.
+    let huge = record(2, Bytes::from(vec![9u8; 3 * PIECE_BYTES + 5]));
+    let small = record(2, Bytes::from_static(b"small"));
+    let park = |id: RecordId, record: &Record, attempts: u32| {
+        let mut result = result(id, 2, Outcome::Failed, 2000);
+        result.attempts = attempts;
+        ParkedRecord {
+            result,
+            pieces: record.encode_pieces(),
+        }
+    };
+    let (a, b) = (RecordId::new(200, 0), RecordId::new(200, 1));
+    let parked = [park(b, &small, 3), park(a, &huge, 3)];
+    store
+        .save_replays(ReplayWrite {
+            park: &parked,
+            upto: Some(b),
+            ..ReplayWrite::results("p", 2, &[], 10)
+        })
+        .await
+        .unwrap();
+    assert_eq!(store.parked_count(2).await.unwrap(), 2);
+    assert_eq!(store.parked_count(0).await.unwrap(), 0);
+    let listed = store.parked(2, 10).await.unwrap();
+    assert_eq!(
+        listed.iter().map(|r| r.record_id).collect::<Vec<_>>(),
+        [a, b],
+        "oldest first"
+    );
+    assert_eq!(store.parked(2, 1).await.unwrap().len(), 1);
+    let back = store
+        .parked_record(2, a)
+        .await
+        .unwrap()
+        .unwrap()
+        .decode()
+        .unwrap();
+    assert_eq!(
+        back.exchange, huge.exchange,
+        "a parked record comes back whole"
+    );
+    assert_eq!(store.replayed_upto("p", 2).await.unwrap(), Some(b));
+    assert!(store
+        .parked_record(2, RecordId::new(9, 9))
+        .await
+        .unwrap()
+        .is_none());
+    store
+        .save_replays(ReplayWrite {
+            park: &[park(a, &huge, 4)],
+            unpark: &[b],
+            ..ReplayWrite::results("p", 2, &[], 10)
+        })
+        .await
+        .unwrap();
+    let listed = store.parked(2, 10).await.unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!((listed[0].record_id, listed[0].attempts), (a, 4));
+    assert!(store.parked_record(2, b).await.unwrap().is_none());
+    let back = store
+        .parked_record(2, a)
+        .await
+        .unwrap()
+        .unwrap()
+        .decode()
+        .unwrap();
+    assert_eq!(back.exchange, huge.exchange, "parked again in place");
 }
 
 #[tokio::test]

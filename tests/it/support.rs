@@ -248,6 +248,9 @@ pub struct FakeDownstream {
     pub addr: SocketAddr,
     tls: bool,
     seen: Arc<Mutex<Vec<Seen>>>,
+    /// When set, every request is answered this status and not kept, like a
+    /// gateway whose service is down.
+    forced: Arc<std::sync::atomic::AtomicU16>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -266,12 +269,27 @@ impl FakeDownstream {
         FakeDownstream::serve(Duration::ZERO, Some(acceptor)).await
     }
 
+    /// The same on a given address (a port chosen before it is served).
+    pub async fn start_on(addr: SocketAddr) -> FakeDownstream {
+        FakeDownstream::serve_on(addr, Duration::ZERO, None).await
+    }
+
     async fn serve(delay: Duration, tls: Option<qproxy::tls::TlsAcceptor>) -> FakeDownstream {
+        FakeDownstream::serve_on("127.0.0.1:0".parse().unwrap(), delay, tls).await
+    }
+
+    async fn serve_on(
+        addr: SocketAddr,
+        delay: Duration,
+        tls: Option<qproxy::tls::TlsAcceptor>,
+    ) -> FakeDownstream {
         let is_tls = tls.is_some();
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let listener = TcpListener::bind(addr).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
         let store = seen.clone();
+        let forced: Arc<std::sync::atomic::AtomicU16> = Arc::default();
+        let forced_status = forced.clone();
         let task = tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
@@ -279,6 +297,7 @@ impl FakeDownstream {
                 };
                 let store = store.clone();
                 let tls = tls.clone();
+                let forced = forced_status.clone();
                 tokio::spawn(async move {
                     let stream = match &tls {
                         Some(acceptor) => match qproxy::tls::accept(acceptor, stream).await {
@@ -289,9 +308,15 @@ impl FakeDownstream {
                     };
                     let service = service_fn(move |req: Request<Incoming>| {
                         let store = store.clone();
+                        let forced = forced.load(std::sync::atomic::Ordering::SeqCst);
                         async move {
                             if !delay.is_zero() {
                                 tokio::time::sleep(delay).await;
+                            }
+                            if forced != 0 {
+                                let mut response = Response::new(Full::new(Bytes::new()));
+                                *response.status_mut() = StatusCode::from_u16(forced).unwrap();
+                                return Ok::<_, Infallible>(response);
                             }
                             Ok::<_, Infallible>(answer(req, &store).await)
                         }
@@ -306,8 +331,15 @@ impl FakeDownstream {
             addr,
             tls: is_tls,
             seen,
+            forced,
             task,
         }
+    }
+
+    /// Answers every request with `status` (not kept) until called with None.
+    pub fn answer_with(&self, status: Option<u16>) {
+        self.forced
+            .store(status.unwrap_or(0), std::sync::atomic::Ordering::SeqCst);
     }
 
     pub fn url(&self) -> String {
@@ -506,6 +538,16 @@ pub async fn get_json(url: &str) -> (StatusCode, Value) {
         )
     });
     (status, value)
+}
+
+/// GET as text (e.g. `/metrics`).
+pub async fn get_text(url: &str) -> String {
+    let response = client()
+        .request(Request::get(url).body(Full::default()).unwrap())
+        .await
+        .unwrap_or_else(|e| panic!("GET {url}: {e}"));
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    String::from_utf8_lossy(&body).into_owned()
 }
 
 /// Sends `body` as JSON with POST; returns status and JSON answer.

@@ -1,0 +1,331 @@
+//! An operator's worst day: zone B down, records that never arrive. Nothing
+//! is committed before it reached zone B, nothing is lost without a trace.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use http::StatusCode;
+use qproxy::record::RecordId;
+use serde_json::{json, Value};
+
+use crate::support::{
+    self, checkpoints, eventually, get_json, post_json, send_posts, FakeDownstream, StoreChoice,
+};
+
+fn replay_ids(seen: &[crate::support::Seen]) -> Vec<RecordId> {
+    seen.iter()
+        .map(|s| {
+            s.header("x-qproxy-replay-id")
+                .expect("replays carry their id")
+                .parse()
+                .unwrap()
+        })
+        .collect()
+}
+
+fn tags(seen: &[crate::support::Seen]) -> Vec<String> {
+    seen.iter().map(|s| s.uri.clone()).collect()
+}
+
+/// A loopback port bound but not listening: connections to it are refused,
+/// and nothing else can take it until the socket is dropped.
+fn refusing_port() -> (tokio::net::TcpSocket, SocketAddr) {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_reuseaddr(true).unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let addr = socket.local_addr().unwrap();
+    (socket, addr)
+}
+
+async fn health(api: SocketAddr) -> (StatusCode, Value) {
+    get_json(&format!("http://{api}/health")).await
+}
+
+/// Zone B's service refuses connections for a while (a restart, a deploy):
+/// the shard waits on its first undelivered record, commits nothing past
+/// it, says so in /health, and delivers everything in order once zone B is
+/// back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failure_test_zone_b_down_delays_replays_but_loses_none() {
+    let zone_a = FakeDownstream::start().await;
+    let (zone_b_down, zone_b_addr) = refusing_port();
+    let dir = tempfile::tempdir().unwrap();
+    let record = support::start_node(support::record_config(
+        &zone_a.url(),
+        1,
+        &StoreChoice::Embedded(dir.path().join("a")),
+    ))
+    .await;
+    let playback = support::start_node(support::playback_config(
+        &format!("http://{zone_b_addr}"),
+        1,
+        record.api_addr,
+        &StoreChoice::Embedded(dir.path().join("b")),
+    ))
+    .await;
+
+    send_posts(record.http_addr.unwrap(), 30, "down").await;
+    let (code, body) = eventually(
+        "the Playback node reports the shard waiting",
+        Duration::from_secs(20),
+        || async {
+            let (code, body) = health(playback.api_addr).await;
+            (body["components"]["replay"] == "DEGRADED").then_some((code, body))
+        },
+    )
+    .await;
+    assert_eq!(code, StatusCode::OK, "DEGRADED still serves: {body}");
+    assert_eq!(body["status"], "DEGRADED");
+    let error = body["error"].as_str().unwrap();
+    assert!(error.contains("shard 0 waits on record"), "{error}");
+    assert!(error.contains(&zone_b_addr.to_string()), "{error}");
+
+    // A few tries later nothing is committed: the first record never arrived.
+    eventually("a few retries", Duration::from_secs(20), || async {
+        let (_, status) = get_json(&format!("http://{}/api/status", playback.api_addr)).await;
+        (status["playback"]["retries"].as_u64().unwrap() >= 3).then_some(())
+    })
+    .await;
+    assert!(
+        checkpoints(record.api_addr, "zone-b").await.is_empty(),
+        "nothing is committed before it reached zone B"
+    );
+    let (_, failed) = get_json(&format!(
+        "http://{}/api/replays?result=failed",
+        playback.api_addr
+    ))
+    .await;
+    assert_eq!(failed["results"], json!([]), "waiting is not failing");
+
+    // Zone B comes back: every record arrives, once, in order.
+    drop(zone_b_down);
+    let zone_b = FakeDownstream::start_on(zone_b_addr).await;
+    eventually(
+        "all 30 records replayed in zone B",
+        Duration::from_secs(30),
+        || async { (zone_b.count() >= 30).then_some(()) },
+    )
+    .await;
+    let seen = zone_b.seen();
+    assert_eq!(seen.len(), 30, "each record once");
+    let expected: Vec<String> = (0..30).map(|i| format!("/down/{i}")).collect();
+    assert_eq!(tags(&seen), expected, "in the order they were recorded");
+    let ids = replay_ids(&seen);
+    let last = ids.last().unwrap().to_string();
+    eventually(
+        "the checkpoint reaches the last record",
+        Duration::from_secs(20),
+        || async {
+            (checkpoints(record.api_addr, "zone-b").await.get(&0) == Some(&last)).then_some(())
+        },
+    )
+    .await;
+    let (code, body) = health(playback.api_addr).await;
+    assert_eq!(
+        (code, &body["status"]),
+        (StatusCode::OK, &json!("UP")),
+        "{body}"
+    );
+    let (_, replays) = get_json(&format!(
+        "http://{}/api/replays?limit=100",
+        playback.api_addr
+    ))
+    .await;
+    let results = replays["results"].as_array().unwrap();
+    assert_eq!(results.len(), 30);
+    assert!(
+        results.iter().all(|r| r["outcome"] == "matched"),
+        "{replays}"
+    );
+    let first = results
+        .iter()
+        .find(|r| r["record_id"] == ids[0].to_string())
+        .unwrap();
+    assert!(first["attempts"].as_u64().unwrap() > 1, "{first}");
+
+    playback.stop().await;
+    record.stop().await;
+}
+
+/// With `max_attempts` spent the record is parked where an operator sees it
+/// (`/api/replays/parked`, `/health`, the commit's status), the shard moves
+/// on, and `POST /api/replays/retry` delivers it once zone B is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failure_test_given_up_records_are_parked_and_re_driven() {
+    let zone_a = FakeDownstream::start().await;
+    let (zone_b_down, zone_b_addr) = refusing_port();
+    let redis = support::RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let record = support::start_node(support::record_config(
+        &zone_a.url(),
+        1,
+        &StoreChoice::Embedded(dir.path().join("a")),
+    ))
+    .await;
+    let mut config = support::playback_config(
+        &format!("http://{zone_b_addr}"),
+        1,
+        record.api_addr,
+        &StoreChoice::Redis {
+            url: redis.url(),
+            prefix: "b".into(),
+        },
+    );
+    config["playback"] = json!({"max_attempts": 2, "parked_down_threshold": 3});
+    let playback = support::start_node(config).await;
+    let api = playback.api_addr;
+
+    send_posts(record.http_addr.unwrap(), 2, "parked").await;
+    let parked = eventually("two records parked", Duration::from_secs(20), || async {
+        let (_, body) = get_json(&format!("http://{api}/api/replays/parked")).await;
+        (body["total"] == 2).then_some(body)
+    })
+    .await;
+    let list = parked["parked"].as_array().unwrap();
+    assert_eq!(list.len(), 2);
+    for (i, p) in list.iter().enumerate() {
+        assert_eq!(p["outcome"], "failed");
+        assert_eq!(p["attempts"], 2);
+        assert_eq!(p["uri"], format!("/parked/{i}"));
+        assert!(p["detail"].as_str().unwrap().contains("target"), "{p}");
+    }
+    // The shard moved on past them, and the commit says why.
+    let status = eventually("the commit past them", Duration::from_secs(20), || async {
+        let (_, status) = get_json(&format!("http://{}/api/status", record.api_addr)).await;
+        (status["checkpoints"][0]["last_record_id"] == list[1]["record_id"]).then_some(status)
+    })
+    .await;
+    let checkpoint = &status["checkpoints"][0];
+    assert_eq!(checkpoint["status"], "Failed");
+    assert_eq!(checkpoint["retry_count"], 2);
+    assert!(
+        checkpoint["error_message"]
+            .as_str()
+            .unwrap()
+            .contains("parked"),
+        "{checkpoint}"
+    );
+    let (code, body) = health(api).await;
+    assert_eq!(code, StatusCode::OK);
+    assert_eq!(body["status"], "DEGRADED", "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("2 record(s) parked"),
+        "{body}"
+    );
+
+    // A third parked record reaches parked_down_threshold: DOWN.
+    send_posts(record.http_addr.unwrap(), 1, "third").await;
+    let (code, body) = eventually("DOWN at three parked", Duration::from_secs(20), || async {
+        let (code, body) = health(api).await;
+        (body["components"]["replay"] == "DOWN").then_some((code, body))
+    })
+    .await;
+    assert_eq!(code, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    let metrics = support::get_text(&format!("http://{api}/metrics")).await;
+    assert!(
+        metrics.contains("# HELP qproxy_replays_parked"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("qproxy_replay_retries_total"), "{metrics}");
+
+    // Bad re-drive requests are refused with a reason.
+    let retry = format!("http://{api}/api/replays/retry");
+    let (code, body) = post_json(&retry, &json!({"record_id": "1-0"})).await;
+    assert_eq!(code, StatusCode::BAD_REQUEST, "{body}");
+    let (code, body) = post_json(&retry, &json!({"shard": 0, "record_id": "1-0"})).await;
+    assert_eq!(code, StatusCode::NOT_FOUND, "{body}");
+    let (code, body) = post_json(&retry, &json!({"shard": 7})).await;
+    assert_eq!(code, StatusCode::BAD_REQUEST, "{body}");
+
+    // Zone B is back: one record re-driven by id, then all the rest.
+    drop(zone_b_down);
+    let zone_b = FakeDownstream::start_on(zone_b_addr).await;
+    let first = list[0]["record_id"].as_str().unwrap();
+    let (code, body) = post_json(&retry, &json!({"shard": 0, "record_id": first})).await;
+    assert_eq!(code, StatusCode::OK, "{body}");
+    assert_eq!(
+        (body["delivered"].clone(), body["still_parked"].clone()),
+        (json!(1), json!(2))
+    );
+    assert_eq!(body["results"][0]["attempts"], 3);
+    let (code, body) = post_json(&retry, &json!({})).await;
+    assert_eq!(code, StatusCode::OK, "{body}");
+    assert_eq!(
+        (body["delivered"].clone(), body["still_parked"].clone()),
+        (json!(2), json!(0))
+    );
+    assert_eq!(
+        tags(&zone_b.seen()),
+        ["/parked/0", "/parked/1", "/third/0"],
+        "each parked record delivered once, oldest first"
+    );
+    let (code, body) = health(api).await;
+    assert_eq!(
+        (code, &body["status"]),
+        (StatusCode::OK, &json!("UP")),
+        "{body}"
+    );
+    let (_, parked) = get_json(&format!("http://{api}/api/replays/parked")).await;
+    assert_eq!(parked["total"], 0);
+
+    playback.stop().await;
+    record.stop().await;
+}
+
+/// A gateway in zone B answering 503 while its service restarts is, with
+/// `playback.retry_statuses`, a replay that did not arrive: retried, not
+/// committed as done.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failure_test_listed_gateway_statuses_are_retried() {
+    let zone_a = FakeDownstream::start().await;
+    let zone_b = FakeDownstream::start().await;
+    zone_b.answer_with(Some(503));
+    let dir = tempfile::tempdir().unwrap();
+    let record = support::start_node(support::record_config(
+        &zone_a.url(),
+        1,
+        &StoreChoice::Embedded(dir.path().join("a")),
+    ))
+    .await;
+    let mut config = support::playback_config(
+        &zone_b.url(),
+        1,
+        record.api_addr,
+        &StoreChoice::Embedded(dir.path().join("b")),
+    );
+    config["playback"] = json!({"retry_statuses": [502, 503, 504]});
+    let playback = support::start_node(config).await;
+
+    send_posts(record.http_addr.unwrap(), 5, "gw").await;
+    eventually(
+        "the shard waits on a 503",
+        Duration::from_secs(20),
+        || async {
+            let (_, status) = get_json(&format!("http://{}/api/status", playback.api_addr)).await;
+            let waiting = &status["playback"]["waiting"]["0"];
+            (waiting["attempts"].as_u64() >= Some(2)).then_some(())
+        },
+    )
+    .await;
+    let (_, status) = get_json(&format!("http://{}/api/status", playback.api_addr)).await;
+    let error = status["playback"]["waiting"]["0"]["error"]
+        .as_str()
+        .unwrap();
+    assert!(error.contains("answered 503"), "{error}");
+    assert_eq!(zone_b.count(), 0);
+    assert!(checkpoints(record.api_addr, "zone-b").await.is_empty());
+
+    zone_b.answer_with(None);
+    eventually("all five delivered", Duration::from_secs(20), || async {
+        (zone_b.count() == 5).then_some(())
+    })
+    .await;
+    let expected: Vec<String> = (0..5).map(|i| format!("/gw/{i}")).collect();
+    assert_eq!(tags(&zone_b.seen()), expected);
+
+    playback.stop().await;
+    record.stop().await;
+}
