@@ -26,6 +26,8 @@ pub const RECORDS_DROPPED_TOTAL: &str = "qproxy_records_dropped_total";
 pub const RECORD_WRITE_ERRORS_TOTAL: &str = "qproxy_record_write_errors_total";
 pub const RECORD_BATCH_SECONDS: &str = "qproxy_record_batch_write_seconds";
 pub const SPOOL_RECORDS: &str = "qproxy_spool_records";
+/// Failed writes to the spool on disk (the spool then waits in memory).
+pub const SPOOL_DISK_ERRORS_TOTAL: &str = "qproxy_spool_disk_errors_total";
 pub const STORE_UP: &str = "qproxy_store_up";
 
 pub const REPLAYS_TOTAL: &str = "qproxy_replays_total";
@@ -125,6 +127,10 @@ fn describe() {
         "Time to write one batch of records"
     );
     describe_gauge!(SPOOL_RECORDS, "Records waiting in memory for the store");
+    describe_counter!(
+        SPOOL_DISK_ERRORS_TOTAL,
+        "Failed writes to the record spool on disk"
+    );
     describe_gauge!(STORE_UP, "1 while the record store accepts writes");
     describe_counter!(REPLAYS_TOTAL, "Records replayed, by protocol and result");
     describe_histogram!(

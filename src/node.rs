@@ -11,12 +11,13 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::api::{Api, ApiState, PlaybackApi};
-use crate::config::{Config, Mode};
+use crate::config::{Config, Mode, SpoolMode};
 use crate::mqtt_client::{MqttClient, MqttConfig};
 use crate::playback::{PlaybackStats, Replayer, SyncLink, SyncRunner};
 use crate::proxy::http::HttpProxy;
 use crate::proxy::tcp::{TcpProxy, TcpTarget};
 use crate::record::recorder::Recorder;
+use crate::record::spool::{DiskSpool, Recovered};
 use crate::record::RecordId;
 use crate::server::{serve, Options, Workers};
 use crate::store::{self, Store, StoreError};
@@ -39,6 +40,8 @@ pub enum NodeError {
     },
     #[error("cannot open the store: {0}")]
     Store(#[from] StoreError),
+    #[error("cannot open the record spool: {0}")]
+    Spool(#[from] crate::record::spool::SpoolError),
     #[error(transparent)]
     Broker(#[from] crate::broker::BrokerError),
     #[error(transparent)]
@@ -95,6 +98,12 @@ pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
         None => None,
     };
     let store = store::open(&config)?;
+    let spool = match config.record.spool {
+        SpoolMode::Disk if config.mode == Mode::Record && config.record.enabled => {
+            Some(DiskSpool::open(&config.data_dir.join("spool"))?)
+        }
+        _ => None,
+    };
     warn_unbuilt(&config);
     let http = match &config.http {
         Some(h) if h.enabled => Some(bind("http proxy", &h.host, h.port).await?),
@@ -134,6 +143,7 @@ pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
         api,
         tls,
         tcp_target,
+        spool,
     };
     let task = tokio::spawn(run(config, store, listeners, broker_addr, shutdown.clone()));
     Ok(RunningNode {
@@ -202,6 +212,8 @@ struct Listeners {
     api: TcpListener,
     tls: crate::tls::Setup,
     tcp_target: Option<TcpTarget>,
+    /// The record spool on disk, with what an earlier process left in it.
+    spool: Option<(DiskSpool, Recovered)>,
 }
 
 async fn run(
@@ -217,6 +229,7 @@ async fn run(
         api,
         tls,
         tcp_target,
+        spool,
     } = listeners;
     let mut tasks: Vec<JoinHandle<()>> = Vec::new();
     let api_addr = api.local_addr().expect("a bound listener has an address");
@@ -254,8 +267,13 @@ async fn run(
         }
     }
     let (recorder, writer) = if recording {
-        let (recorder, writer) =
-            Recorder::spawn(store.clone(), &config.record, config.sync.shards, signal);
+        let (recorder, writer) = Recorder::spawn(
+            store.clone(),
+            &config.record,
+            config.sync.shards,
+            signal,
+            spool,
+        );
         tasks.push(spawn_retention(store.clone(), &config, shutdown.clone()));
         (Some(recorder), Some(writer))
     } else {

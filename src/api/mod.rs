@@ -515,6 +515,7 @@ impl Api {
                 "written": rec.written.load(Ordering::Relaxed),
                 "dropped": rec.dropped.load(Ordering::Relaxed),
                 "spooled": rec.spooled.load(Ordering::Relaxed),
+                "spool_on_disk": rec.spool_on_disk.load(Ordering::Relaxed),
                 "write_errors": rec.write_errors.load(Ordering::Relaxed),
             });
             if store_up.is_ok() {

@@ -312,6 +312,10 @@ pub struct RecordConfig {
     /// Encoded bytes the spool holds at most (records of any size).
     #[serde(default = "default_spool_bytes")]
     pub spool_bytes: usize,
+    /// Where spooled records are kept while the store is away: on disk
+    /// under `data_dir/spool` (they survive a crash), or in memory only.
+    #[serde(default)]
+    pub spool: SpoolMode,
     /// Body bytes kept per direction; a longer body is proxied in full but
     /// recorded as truncated and not replayed.
     #[serde(default = "default_max_body_bytes")]
@@ -332,6 +336,15 @@ pub struct RecordConfig {
     pub retention_len: u64,
 }
 
+/// `record.spool`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SpoolMode {
+    #[default]
+    Disk,
+    Memory,
+}
+
 impl RecordConfig {
     /// At most this many records per shard; `None` keeps them all (0).
     pub fn max_len(&self) -> Option<u64> {
@@ -347,6 +360,7 @@ impl Default for RecordConfig {
             batch_size: default_record_batch(),
             spool_capacity: default_spool_capacity(),
             spool_bytes: default_spool_bytes(),
+            spool: SpoolMode::default(),
             max_body_bytes: default_max_body_bytes(),
             shard_key_header: None,
             redact_headers: Vec::new(),

@@ -11,6 +11,7 @@ pub mod capture;
 pub mod encode;
 pub mod recorder;
 pub mod shard;
+pub mod spool;
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};

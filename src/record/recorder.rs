@@ -7,7 +7,9 @@
 //! queue while a write is in flight, so while the store is slow or down
 //! records wait in the spool (bounded in records and bytes) and the writer
 //! retries with backoff; past the spool's bounds the oldest are dropped,
-//! counted and logged.
+//! counted and logged. With `record.spool: "disk"` (the default) a failed
+//! write also puts the spool on disk ([`super::spool`]), and it stays there
+//! until it has drained, so a crash while the store is away loses nothing.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -22,6 +24,7 @@ use tracing::{debug, info, warn};
 use super::capture::RawExchange;
 use super::encode::encode_exchange;
 use super::shard::{shard_of, shard_of_client};
+use super::spool::{DiskSpool, Recovered, SpoolError};
 use super::{split_pieces, Exchange, Record, RecordId};
 use crate::config::RecordConfig;
 use crate::metrics as m;
@@ -39,6 +42,8 @@ pub struct RecorderStats {
     pub store_up: AtomicBool,
     /// Set while the spool is full and records are being dropped.
     pub overflowing: AtomicBool,
+    /// Set while spooled records are kept on disk.
+    pub spool_on_disk: AtomicBool,
 }
 
 /// What goes through the queue: an HTTP exchange still in its raw form, or
@@ -76,6 +81,10 @@ struct Writer {
     rx_open: bool,
     /// Told about every written record (for MQTT notifications).
     signal: Option<Arc<ShardSignal>>,
+    /// Where the spool goes once a write fails (`record.spool: "disk"`).
+    disk: Option<DiskSpool>,
+    /// A disk error was logged; quiet until the disk works again.
+    disk_error_logged: bool,
 }
 
 /// How long the writer keeps trying to flush after the last sender is gone.
@@ -102,11 +111,16 @@ impl Recorder {
         config: &RecordConfig,
         shards: u32,
         signal: Option<Arc<ShardSignal>>,
+        disk: Option<(DiskSpool, Recovered)>,
     ) -> (Recorder, JoinHandle<()>) {
         let (tx, rx) = mpsc::channel(config.queue_capacity);
         let stats = Arc::new(RecorderStats::default());
         stats.store_up.store(true, Ordering::Relaxed);
-        let writer = Writer {
+        let (disk, recovered) = match disk {
+            Some((disk, recovered)) => (Some(disk), Some(recovered)),
+            None => (None, None),
+        };
+        let mut writer = Writer {
             store,
             rx,
             stats: stats.clone(),
@@ -127,7 +141,12 @@ impl Recorder {
             spooled_bytes: 0,
             rx_open: true,
             signal,
+            disk,
+            disk_error_logged: false,
         };
+        if let Some(recovered) = recovered {
+            writer.restore(recovered);
+        }
         // The writer gets a thread of its own: on a busy runtime a task that
         // waits its turn behind every connection falls behind at tens of
         // thousands of records a second, and the queue overflows.
@@ -313,7 +332,17 @@ impl Writer {
                 if self.spool.is_empty() {
                     break;
                 }
-                if since.elapsed() > FLUSH_GRACE {
+                let give_up = since.elapsed() > FLUSH_GRACE;
+                // The store is away (or too slow): what waits stays on disk
+                // for the next start instead of holding up the shutdown.
+                if (retry_at.is_some() || give_up) && self.keep_on_disk() {
+                    info!(
+                        records = self.spool.len(),
+                        "spooled records stay on disk; they are written when the node starts again"
+                    );
+                    break;
+                }
+                if give_up {
                     let left = self.spool.len() as u64;
                     self.spool.clear();
                     self.spooled_bytes = 0;
@@ -344,6 +373,7 @@ impl Writer {
     /// Encodes exchanges into the spool, dropping the oldest past its bounds.
     fn spool_batch(&mut self, batch: &mut Vec<Captured>) {
         let mut body_bytes = 0;
+        let added = batch.len();
         for captured in batch.drain(..) {
             let record = match captured {
                 Captured::Http(raw) => {
@@ -359,6 +389,16 @@ impl Writer {
             self.spool.push_back(record);
         }
         counter!(m::RECORD_BYTES_TOTAL).increment(body_bytes as u64);
+        if added > 0 && self.disk.as_ref().is_some_and(DiskSpool::is_active) {
+            let disk = self.disk.as_mut().expect("checked");
+            let result = disk.append(self.spool.range(self.spool.len() - added..));
+            self.disk_result(result);
+        }
+        self.enforce_bounds();
+    }
+
+    /// Drops the oldest records past the spool's bounds, counted.
+    fn enforce_bounds(&mut self) {
         let mut excess = 0;
         while self.spool.len() > self.spool_capacity || self.spooled_bytes > self.spool_bytes {
             let Some(oldest) = self.spool.pop_front() else {
@@ -370,8 +410,92 @@ impl Writer {
         if excess > 0 {
             self.stats.overflowing.store(true, Ordering::Relaxed);
             note_drop(&self.stats, excess, "spool full");
+            self.disk_consumed(excess);
         }
         self.note_spool();
+    }
+
+    /// Takes back what an earlier process left in the spool on disk.
+    fn restore(&mut self, recovered: Recovered) {
+        if recovered.damaged > 0 {
+            warn!(
+                damaged = recovered.damaged,
+                "spool entries cut short or damaged by a crash were skipped"
+            );
+            note_drop(&self.stats, recovered.damaged, "spool damaged");
+        }
+        if recovered.records.is_empty() {
+            return;
+        }
+        info!(
+            records = recovered.records.len(),
+            "records spooled on disk by an earlier run will be written to the store first"
+        );
+        for record in recovered.records {
+            self.spooled_bytes += record.size();
+            self.spool.push_back(record);
+        }
+        self.stats.spool_on_disk.store(true, Ordering::Relaxed);
+        self.enforce_bounds();
+    }
+
+    /// Puts the whole spool on disk, if it is not there yet; true when the
+    /// spool is on disk now.
+    fn keep_on_disk(&mut self) -> bool {
+        let Some(disk) = self.disk.as_mut() else {
+            return false;
+        };
+        if !disk.is_active() && !self.spool.is_empty() {
+            let result = disk.append(self.spool.iter());
+            if self.disk_result(result) {
+                info!(
+                    records = self.spool.len(),
+                    "the store is away: spooled records are kept on disk until it is back"
+                );
+            }
+        }
+        let on_disk = self.disk.as_ref().is_some_and(DiskSpool::is_active);
+        self.stats.spool_on_disk.store(on_disk, Ordering::Relaxed);
+        on_disk
+    }
+
+    /// `n` records left the front of the spool (written or dropped).
+    fn disk_consumed(&mut self, n: u64) {
+        let Some(disk) = self.disk.as_mut().filter(|d| d.is_active()) else {
+            return;
+        };
+        let result = if self.spool.is_empty() {
+            disk.clear()
+        } else {
+            disk.consume(n)
+        };
+        self.disk_result(result);
+        let on_disk = self.disk.as_ref().is_some_and(DiskSpool::is_active);
+        self.stats.spool_on_disk.store(on_disk, Ordering::Relaxed);
+    }
+
+    /// On a disk error the spool is memory only again (the files go: disk
+    /// and memory must hold the same records) until the next failed write
+    /// tries the disk again. True when it worked.
+    fn disk_result(&mut self, result: Result<(), SpoolError>) -> bool {
+        match result {
+            Ok(()) => {
+                self.disk_error_logged = false;
+                true
+            }
+            Err(e) => {
+                counter!(m::SPOOL_DISK_ERRORS_TOTAL).increment(1);
+                if !self.disk_error_logged {
+                    warn!(error = %e, spooled = self.spool.len(), "cannot keep spooled records on disk; they wait in memory only");
+                    self.disk_error_logged = true;
+                }
+                if let Some(disk) = self.disk.as_mut() {
+                    let _ = disk.clear();
+                }
+                self.stats.spool_on_disk.store(false, Ordering::Relaxed);
+                false
+            }
+        }
     }
 
     fn note_spool(&self) {
@@ -430,6 +554,7 @@ impl Writer {
                     for written in self.spool.drain(..n) {
                         self.spooled_bytes -= written.size();
                     }
+                    self.disk_consumed(n as u64);
                     self.stats.written.fetch_add(n as u64, Ordering::Relaxed);
                     counter!(m::RECORDS_TOTAL).increment(n as u64);
                     if !self.stats.store_up.swap(true, Ordering::Relaxed) {
@@ -451,6 +576,7 @@ impl Writer {
                         warn!(error = %e, spooled = self.spool.len(), "cannot write records; spooling until the store is back");
                         gauge!(m::STORE_UP).set(0.0);
                     }
+                    self.keep_on_disk();
                     self.spool_batch(&mut arrived);
                     return false;
                 }

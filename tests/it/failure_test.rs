@@ -9,7 +9,8 @@ use qproxy::record::RecordId;
 use serde_json::{json, Value};
 
 use crate::support::{
-    self, checkpoints, eventually, get_json, post_json, send_posts, FakeDownstream, StoreChoice,
+    self, checkpoints, eventually, free_port, get_json, post_json, send_posts, FakeDownstream,
+    NodeProcess, StoreChoice,
 };
 
 fn replay_ids(seen: &[crate::support::Seen]) -> Vec<RecordId> {
@@ -328,4 +329,157 @@ async fn failure_test_listed_gateway_statuses_are_retried() {
 
     playback.stop().await;
     record.stop().await;
+}
+
+/// A Record node as a process, on fixed ports, recording into `redis` with
+/// its spool under `dir`.
+fn record_process(
+    downstream: &str,
+    redis: &str,
+    dir: &std::path::Path,
+) -> (Value, SocketAddr, SocketAddr) {
+    let (http, api) = (free_port(), free_port());
+    let config = json!({
+        "mode": "Record",
+        "http": {"host": "127.0.0.1", "port": http, "downstream": downstream},
+        "api": {"host": "127.0.0.1", "port": api},
+        "redis": {"url": redis, "connection_timeout": 1, "key_prefix": "spool"},
+        "data_dir": dir.join("data"),
+        "logging": {"level": "info"},
+    });
+    let addr = |port: u16| SocketAddr::from(([127, 0, 0, 1], port));
+    (config, addr(http), addr(api))
+}
+
+async fn wait_up(api: SocketAddr) {
+    eventually("the node answers", Duration::from_secs(20), || async {
+        tokio::net::TcpStream::connect(api).await.ok().map(|_| ())
+    })
+    .await;
+}
+
+async fn recording(api: SocketAddr) -> Value {
+    let (_, status) = get_json(&format!("http://{api}/api/status")).await;
+    status["recording"].clone()
+}
+
+/// The uris of the records stored on shard 0, in id order.
+async fn stored_uris(api: SocketAddr) -> Option<Vec<String>> {
+    let (code, page) = get_json(&format!(
+        "http://{api}/sync?peer_id=check&shard_id=0&limit=10000"
+    ))
+    .await;
+    (code == StatusCode::OK).then(|| {
+        page["records"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| {
+                r["exchange"]["http"]["uri"]
+                    .as_str()
+                    .unwrap_or("")
+                    .to_string()
+            })
+            .collect()
+    })
+}
+
+/// `kill -9` of a Record node while its store is down loses nothing: the
+/// spool is on disk, and the next start writes it to the store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failure_test_kill_9_with_the_store_down_loses_no_spooled_record() {
+    let zone_a = FakeDownstream::start().await;
+    let mut redis = support::RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let (config, proxy, api) = record_process(&zone_a.url(), &redis.url(), dir.path());
+    let mut node = NodeProcess::spawn(&config, dir.path(), "record");
+    wait_up(api).await;
+
+    redis.stop();
+    send_posts(proxy, 300, "spooled").await;
+    eventually(
+        "300 records spooled on disk",
+        Duration::from_secs(20),
+        || async {
+            let r = recording(api).await;
+            (r["spooled"] == 300 && r["spool_on_disk"] == true).then_some(())
+        },
+    )
+    .await;
+    node.kill();
+
+    redis.restart();
+    let _node = NodeProcess::spawn(&config, dir.path(), "record-again");
+    wait_up(api).await;
+    let uris = eventually(
+        "the spooled records reach the store",
+        Duration::from_secs(30),
+        || async { stored_uris(api).await.filter(|u| u.len() >= 300) },
+    )
+    .await;
+    let expected: Vec<String> = (0..300).map(|i| format!("/spooled/{i}")).collect();
+    assert_eq!(uris, expected, "every record once, in order");
+    eventually(
+        "the spool on disk is emptied",
+        Duration::from_secs(10),
+        || async {
+            let r = recording(api).await;
+            (r["spooled"] == 0 && r["spool_on_disk"] == false).then_some(())
+        },
+    )
+    .await;
+    let left: Vec<_> = std::fs::read_dir(dir.path().join("data/spool"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("seg-"))
+        .collect();
+    assert!(left.is_empty(), "no segment left behind: {left:?}");
+}
+
+/// SIGTERM with the store down does not wait for it: the spool is on disk
+/// already, and is written at the next start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failure_test_sigterm_with_the_store_down_exits_at_once_and_keeps_the_spool() {
+    let zone_a = FakeDownstream::start().await;
+    let mut redis = support::RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let (config, proxy, api) = record_process(&zone_a.url(), &redis.url(), dir.path());
+    let mut node = NodeProcess::spawn(&config, dir.path(), "record");
+    wait_up(api).await;
+
+    redis.stop();
+    send_posts(proxy, 10, "term").await;
+    eventually("10 records spooled", Duration::from_secs(20), || async {
+        (recording(api).await["spooled"] == 10).then_some(())
+    })
+    .await;
+    let pid = node.child.id().to_string();
+    let sent = std::time::Instant::now();
+    std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    let exit = loop {
+        if let Some(status) = node.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            sent.elapsed() < Duration::from_secs(4),
+            "the node still runs 4 s after SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(exit.success(), "{exit:?}");
+
+    redis.restart();
+    let _node = NodeProcess::spawn(&config, dir.path(), "record-again");
+    wait_up(api).await;
+    let uris = eventually(
+        "the spool reaches the store",
+        Duration::from_secs(30),
+        || async { stored_uris(api).await.filter(|u| u.len() >= 10) },
+    )
+    .await;
+    let expected: Vec<String> = (0..10).map(|i| format!("/term/{i}")).collect();
+    assert_eq!(uris, expected);
 }

@@ -445,6 +445,17 @@ pub fn playback_config(
     c
 }
 
+/// A fresh folder under the system's temporary folder, for a node's
+/// data_dir when its store is Redis (removed with the test process's other
+/// leftovers by the OS, not by the test: nodes may still use it on drop).
+pub fn scratch_dir() -> PathBuf {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("qproxy-it-{}-{n}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
 /// Where a node keeps its data.
 pub enum StoreChoice {
     Redis { url: String, prefix: String },
@@ -458,6 +469,8 @@ impl StoreChoice {
                 config["redis"] = serde_json::json!({
                     "url": url, "pool_size": 2, "connection_timeout": 1, "retry_count": 1, "key_prefix": prefix,
                 });
+                // The record spool lives under data_dir: one per node.
+                config["data_dir"] = Value::String(scratch_dir().display().to_string());
             }
             StoreChoice::Embedded(dir) => {
                 config["data_dir"] = Value::String(dir.display().to_string())
