@@ -29,12 +29,22 @@ pub enum ConfigError {
         column: usize,
         message: String,
     },
-    #[error("{path}: {key}: {message}")]
+    /// A value that parses but breaks a rule; `at` is the line and column
+    /// of its key, `None` when the key is not in the file (a default).
+    #[error("{}: {key}: {message}", place(path, *at))]
     Invalid {
         path: PathBuf,
+        at: Option<(usize, usize)>,
         key: &'static str,
         message: String,
     },
+}
+
+fn place(path: &Path, at: Option<(usize, usize)>) -> String {
+    match at {
+        Some((line, column)) => format!("{}:{line}:{column}", path.display()),
+        None => path.display().to_string(),
+    }
 }
 
 /// The role of a node.
@@ -679,6 +689,8 @@ impl Config {
 
     /// Parses and checks config text; `path` only names it in errors.
     pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        // Editors on Windows may start a UTF-8 file with a byte order mark.
+        let text = text.strip_prefix('\u{feff}').unwrap_or(text);
         let plain = jsonc::strip(text).map_err(|e| ConfigError::Syntax {
             path: path.to_owned(),
             line: e.line,
@@ -688,10 +700,10 @@ impl Config {
         let config: Config = serde_json::from_str(&plain).map_err(|e| ConfigError::Syntax {
             path: path.to_owned(),
             line: e.line(),
-            column: e.column(),
+            column: jsonc::char_column(text.as_bytes(), e.line(), e.column()),
             message: explain(&e, &plain),
         })?;
-        config.check(path)?;
+        config.check(path, text, &plain)?;
         Ok(config)
     }
 
@@ -736,12 +748,18 @@ impl Config {
         )
     }
 
-    /// Rules that involve more than one key.
-    fn check(&self, path: &Path) -> Result<(), ConfigError> {
-        let invalid = |key, message: String| ConfigError::Invalid {
-            path: path.to_owned(),
-            key,
-            message,
+    /// Rules that involve more than one key. `text` is the file, `plain`
+    /// the same without comments (same byte offsets), to find keys in.
+    fn check(&self, path: &Path, text: &str, plain: &str) -> Result<(), ConfigError> {
+        let invalid = |key: &'static str, message: String| {
+            let segments: Vec<&str> = key.split('.').collect();
+            ConfigError::Invalid {
+                path: path.to_owned(),
+                at: jsonc::key_offset(plain, &segments)
+                    .map(|offset| jsonc::position(text.as_bytes(), offset)),
+                key,
+                message,
+            }
         };
         if self.sync.shards == 0 || self.sync.shards > MAX_SHARDS {
             return Err(invalid(
@@ -957,17 +975,18 @@ fn explain(err: &serde_json::Error, text: &str) -> String {
     message
 }
 
+/// The bare word around `serde_json`'s byte `column`, which may fall inside
+/// a multi-byte character.
 fn bare_word_at(text: &str, line: usize, column: usize) -> Option<&str> {
     let line_text = text.lines().nth(line.checked_sub(1)?)?;
-    let end = column.min(line_text.len());
-    let start = line_text[..end]
-        .rfind(|c: char| !c.is_ascii_alphanumeric() && c != '_')
-        .map_or(0, |i| i + 1);
+    let mut end = column.min(line_text.len());
+    while !line_text.is_char_boundary(end) {
+        end -= 1;
+    }
+    let is_word = |c: char| c.is_ascii_alphanumeric() || c == '_';
+    let start = line_text[..end].trim_end_matches(is_word).len();
     let rest = &line_text[start..];
-    let word_len = rest
-        .find(|c: char| !c.is_ascii_alphanumeric() && c != '_')
-        .unwrap_or(rest.len());
-    let word = &rest[..word_len];
+    let word = &rest[..rest.find(|c: char| !is_word(c)).unwrap_or(rest.len())];
     if line_text[..start].ends_with('"') {
         return None;
     }
@@ -1077,6 +1096,58 @@ mod tests {
     fn shard_count_is_bounded() {
         let err = parse("{\"mode\": \"Record\", \"sync\": {\"shards\": 0}}").unwrap_err();
         assert!(err.to_string().contains("sync.shards"), "{err}");
+    }
+
+    #[test]
+    fn a_byte_order_mark_is_accepted() {
+        let c = parse("\u{feff}{\"mode\": \"Playback\"}").unwrap();
+        assert_eq!(c.mode, Mode::Playback);
+    }
+
+    /// Columns count characters, as an editor does, not UTF-8 bytes.
+    #[test]
+    fn mistakes_next_to_multibyte_characters_get_line_and_column() {
+        for (text, at) in [
+            (
+                "{\n  \u{201c}mode\u{201d}: \"Record\"\n}",
+                "test.json:2:3: ",
+            ),
+            (
+                "{\"mode\": \"Record\"\u{ff0c} \"tcp\": null}",
+                "test.json:1:18: ",
+            ),
+            (
+                "\u{feff}{\n \"mode\": \"Record\"\u{ff0c}\n}",
+                "test.json:2:18: ",
+            ),
+            (
+                "{\"data_dir\": \"\u{6570}\u{636e}\", \"tcp\": nill}",
+                "test.json:1:28: ",
+            ),
+            (
+                "{\"data_dir\": \"\u{e9}\" \"tcp\": null}",
+                "test.json:1:18: ",
+            ),
+        ] {
+            let err = parse(text).unwrap_err().to_string();
+            assert!(err.starts_with(at), "{text:?}: {err}");
+        }
+        let err = parse("{\"data_dir\": \"\u{6570}\", \"tcp\": nill}")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("`nill` is not a JSON value"), "{err}");
+    }
+
+    #[test]
+    fn range_errors_name_the_line_and_column_of_their_key() {
+        let text = "{\"mode\": \"Record\", // \u{6a21}\u{5f0f}\n \"data_dir\": \"\u{e9}\", \"sync\": {\"shards\": 0}}";
+        let err = parse(text).unwrap_err().to_string();
+        assert_eq!(err, "test.json:2:28: sync.shards: must be 1 to 1024, not 0");
+        // A default is in no line of the file.
+        let err = parse(r#"{"mode": "Playback", "sync": {"enabled": true}}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("test.json: sync.peer: "), "{err}");
     }
 
     #[test]
