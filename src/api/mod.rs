@@ -32,7 +32,7 @@ use crate::sync::source::{read_batch, PullRequest};
 use crate::sync::{Checkpoint, CommitRequest, ShardId, SyncBatch};
 
 /// Most records one `GET /sync` returns.
-pub const MAX_SYNC_LIMIT: usize = 10_000;
+pub use crate::config::MAX_SYNC_LIMIT;
 /// Default `limit` of `GET /sync`.
 pub const DEFAULT_SYNC_LIMIT: usize = 100;
 /// A `GET /sync` answer stops growing past this many encoded bytes (it

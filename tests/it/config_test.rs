@@ -207,3 +207,30 @@ fn a_value_out_of_range_is_reported_at_its_key() {
         "{stderr}"
     );
 }
+
+/// Port 0 would make the system pick a port no client knows; a zero
+/// replay timeout would fail every replay. Both stop the command.
+#[test]
+fn a_random_port_or_a_zero_timeout_stops_the_command() {
+    let dir = tempfile::tempdir().unwrap();
+    for (text, says) in [
+        (
+            "{\"mode\": \"Record\",\n  \"api\": {\"port\": 0}}",
+            ":2:11: api.port: 0 lets the system pick a random port",
+        ),
+        (
+            "{\"mode\": \"Playback\",\n  \"playback\": {\"timeout_ms\": 0}}",
+            ":2:16: playback.timeout_ms: must be 1 to 3600000 ms (an hour), not 0",
+        ),
+    ] {
+        let path = dir.path().join("c.json");
+        std::fs::write(&path, text).unwrap();
+        let out = qproxy(&["-t", "-c", path.to_str().unwrap()]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{stderr}");
+        assert!(
+            stderr.contains(&format!("{}{says}", path.display())),
+            "{stderr}"
+        );
+    }
+}
