@@ -125,11 +125,13 @@ impl Api {
         let Some(token) = &self.state.auth_token else {
             return Ok(());
         };
+        // RFC 9110 §11: the scheme is case-insensitive, then one or more spaces.
         let given = headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .unwrap_or("");
+            .and_then(|v| v.split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map_or("", |(_, credentials)| credentials.trim_start_matches(' '));
         if constant_time_eq(given.as_bytes(), token.as_bytes()) {
             Ok(())
         } else {

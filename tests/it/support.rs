@@ -534,6 +534,8 @@ pub async fn post_raw(url: &str, body: Bytes) -> (StatusCode, Value) {
 pub struct ClientConn {
     send: hyper::client::conn::http1::SendRequest<Full<Bytes>>,
     pub local: SocketAddr,
+    /// `Host` for requests that name none, as every HTTP/1.1 client sends.
+    host: http::HeaderValue,
 }
 
 impl ClientConn {
@@ -546,10 +548,15 @@ impl ClientConn {
             .await
             .unwrap();
         tokio::spawn(conn);
-        ClientConn { send, local }
+        let host = to.to_string().parse().unwrap();
+        ClientConn { send, local, host }
     }
 
-    pub async fn send(&mut self, req: Request<Full<Bytes>>) -> (StatusCode, HeaderMap, Bytes) {
+    pub async fn send(&mut self, mut req: Request<Full<Bytes>>) -> (StatusCode, HeaderMap, Bytes) {
+        if !req.headers().contains_key(http::header::HOST) {
+            req.headers_mut()
+                .insert(http::header::HOST, self.host.clone());
+        }
         self.send.ready().await.unwrap();
         let response = self.send.send_request(req).await.unwrap();
         let status = response.status();
