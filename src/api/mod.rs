@@ -386,6 +386,7 @@ impl Api {
                 "backend": state.store.describe(),
                 "status": if store_up.is_ok() { "UP" } else { "DOWN" },
                 "error": store_up.as_ref().err(),
+                "persistence": state.store.persistence(),
             },
             "system": system_status(),
         });

@@ -123,7 +123,18 @@ impl Drop for ServerProcess {
 
 impl RedisServer {
     pub fn start() -> RedisServer {
-        RedisServer::start_with(None, Vec::new())
+        RedisServer::start_with(free_port(), None, Vec::new())
+    }
+
+    /// With these options after the usual ones (which they override, e.g.
+    /// `--appendonly yes`).
+    pub fn start_args(args: &[&str]) -> RedisServer {
+        RedisServer::start_on(free_port(), args)
+    }
+
+    /// On `port`, with these options after the usual ones.
+    pub fn start_on(port: u16, args: &[&str]) -> RedisServer {
+        RedisServer::start_with(port, None, args.iter().map(Into::into).collect())
     }
 
     /// Plain on `port` (for the test's own checks) and TLS on `tls_port`
@@ -142,12 +153,11 @@ impl RedisServer {
             "--tls-auth-clients".into(),
             "no".into(),
         ];
-        RedisServer::start_with(Some(tls_port), args)
+        RedisServer::start_with(free_port(), Some(tls_port), args)
     }
 
-    fn start_with(tls_port: Option<u16>, extra: Vec<std::ffi::OsString>) -> RedisServer {
+    fn start_with(port: u16, tls_port: Option<u16>, extra: Vec<std::ffi::OsString>) -> RedisServer {
         let dir = tempfile::tempdir().expect("temp dir");
-        let port = free_port();
         let mut command: Vec<std::ffi::OsString> = [
             "redis-server",
             "--port",
@@ -461,6 +471,11 @@ impl NodeProcess {
             config_path,
             log_path,
         }
+    }
+
+    /// What the node has logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
     }
 
     /// `kill -9`.
