@@ -72,7 +72,11 @@ async fn zone_a() -> SocketAddr {
 }
 
 fn start_config(text: serde_json::Value) -> qproxy::config::Config {
-    qproxy::config::Config::parse(&text.to_string(), std::path::Path::new("bench")).unwrap()
+    qproxy::config::Config::parse_allowing_any_port(
+        &text.to_string(),
+        std::path::Path::new("bench"),
+    )
+    .unwrap()
 }
 
 /// Push through the embedded broker, an external one on this port, or none.

@@ -232,6 +232,10 @@ async fn run(
         spool,
     } = listeners;
     let mut tasks: Vec<JoinHandle<()>> = Vec::new();
+    tasks.push(tokio::spawn(store::watch_persistence(
+        store.clone(),
+        shutdown.clone(),
+    )));
     let api_addr = api.local_addr().expect("a bound listener has an address");
     let mqtt = mqtt_client(&config, broker, api_addr, &tls);
     let topics = Topics::new(

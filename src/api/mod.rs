@@ -33,7 +33,7 @@ use crate::sync::source::{read_batch, PullRequest};
 use crate::sync::{Checkpoint, CommitRequest, ShardId, SyncBatch};
 
 /// Most records one `GET /sync` returns.
-pub const MAX_SYNC_LIMIT: usize = 10_000;
+pub use crate::config::MAX_SYNC_LIMIT;
 /// Default `limit` of `GET /sync`.
 pub const DEFAULT_SYNC_LIMIT: usize = 100;
 /// A `GET /sync` answer stops growing past this many encoded bytes (it
@@ -136,11 +136,13 @@ impl Api {
         let Some(token) = &self.state.auth_token else {
             return Ok(());
         };
+        // RFC 9110 §11: the scheme is case-insensitive, then one or more spaces.
         let given = headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .unwrap_or("");
+            .and_then(|v| v.split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map_or("", |(_, credentials)| credentials.trim_start_matches(' '));
         if constant_time_eq(given.as_bytes(), token.as_bytes()) {
             Ok(())
         } else {
@@ -492,6 +494,7 @@ impl Api {
                 "backend": state.store.describe(),
                 "status": if store_up.is_ok() { "UP" } else { "DOWN" },
                 "error": store_up.as_ref().err(),
+                "persistence": state.store.persistence(),
             },
             "system": system_status(),
         });

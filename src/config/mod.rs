@@ -29,12 +29,22 @@ pub enum ConfigError {
         column: usize,
         message: String,
     },
-    #[error("{path}: {key}: {message}")]
+    /// A value that parses but breaks a rule; `at` is the line and column
+    /// of its key, `None` when the key is not in the file (a default).
+    #[error("{}: {key}: {message}", place(path, *at))]
     Invalid {
         path: PathBuf,
+        at: Option<(usize, usize)>,
         key: &'static str,
         message: String,
     },
+}
+
+fn place(path: &Path, at: Option<(usize, usize)>) -> String {
+    match at {
+        Some((line, column)) => format!("{}:{line}:{column}", path.display()),
+        None => path.display().to_string(),
+    }
 }
 
 /// The role of a node.
@@ -716,6 +726,14 @@ fn default_parked_down_threshold() -> u64 {
 /// Largest `sync.shards`: every shard is a stream and a task.
 pub const MAX_SHARDS: u32 = 1024;
 
+/// Most records one pull asks for: `GET /sync?limit=` refuses more, so a
+/// larger `sync.batch_size` would have every pull refused.
+pub const MAX_SYNC_LIMIT: usize = 10_000;
+
+/// Longest `sync.interval` and replay or peer timeout: an hour. More is
+/// a typo, and near `u64::MAX` the timer overflows and sync stops.
+const MAX_WAIT_MS: u64 = 3_600_000;
+
 impl Config {
     /// Reads, parses and checks a config file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
@@ -726,8 +744,23 @@ impl Config {
         Config::parse(&text, path)
     }
 
-    /// Parses and checks config text; `path` only names it in errors.
+    /// Parses and checks config text; `path` only names it in errors. A
+    /// listener on port 0 is refused: the system would pick a port that no
+    /// client knows.
     pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        Config::parse_with(text, path, false)
+    }
+
+    /// [`Config::parse`], but listeners may use port 0 (any free port):
+    /// for tests, benches and `qproxy demo`, which read the bound ports
+    /// from [`crate::node::RunningNode`].
+    pub fn parse_allowing_any_port(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        Config::parse_with(text, path, true)
+    }
+
+    fn parse_with(text: &str, path: &Path, any_port: bool) -> Result<Config, ConfigError> {
+        // Editors on Windows may start a UTF-8 file with a byte order mark.
+        let text = text.strip_prefix('\u{feff}').unwrap_or(text);
         let plain = jsonc::strip(text).map_err(|e| ConfigError::Syntax {
             path: path.to_owned(),
             line: e.line,
@@ -737,10 +770,10 @@ impl Config {
         let config: Config = serde_json::from_str(&plain).map_err(|e| ConfigError::Syntax {
             path: path.to_owned(),
             line: e.line(),
-            column: e.column(),
+            column: jsonc::char_column(text.as_bytes(), e.line(), e.column()),
             message: explain(&e, &plain),
         })?;
-        config.check(path)?;
+        config.check(path, text, &plain, any_port)?;
         Ok(config)
     }
 
@@ -785,12 +818,24 @@ impl Config {
         )
     }
 
-    /// Rules that involve more than one key.
-    fn check(&self, path: &Path) -> Result<(), ConfigError> {
-        let invalid = |key, message: String| ConfigError::Invalid {
-            path: path.to_owned(),
-            key,
-            message,
+    /// Rules that involve more than one key. `text` is the file, `plain`
+    /// the same without comments (same byte offsets), to find keys in.
+    fn check(
+        &self,
+        path: &Path,
+        text: &str,
+        plain: &str,
+        any_port: bool,
+    ) -> Result<(), ConfigError> {
+        let invalid = |key: &'static str, message: String| {
+            let segments: Vec<&str> = key.split('.').collect();
+            ConfigError::Invalid {
+                path: path.to_owned(),
+                at: jsonc::key_offset(plain, &segments)
+                    .map(|offset| jsonc::position(text.as_bytes(), offset)),
+                key,
+                message,
+            }
         };
         if self.sync.shards == 0 || self.sync.shards > MAX_SHARDS {
             return Err(invalid(
@@ -798,11 +843,55 @@ impl Config {
                 format!("must be 1 to {MAX_SHARDS}, not {}", self.sync.shards),
             ));
         }
-        if self.sync.interval_ms == 0 {
-            return Err(invalid("sync.interval", "must be at least 1 ms".into()));
+        let waits = [
+            ("sync.interval", Some(self.sync.interval_ms)),
+            ("playback.timeout_ms", Some(self.playback.timeout_ms)),
+            (
+                "sync.peer.timeout_ms",
+                self.sync.peer.as_ref().map(|p| p.timeout_ms),
+            ),
+        ];
+        for (key, ms) in waits {
+            if let Some(ms) = ms.filter(|ms| !(1..=MAX_WAIT_MS).contains(ms)) {
+                return Err(invalid(
+                    key,
+                    format!("must be 1 to {MAX_WAIT_MS} ms (an hour), not {ms}"),
+                ));
+            }
         }
-        if self.sync.batch_size == 0 {
-            return Err(invalid("sync.batch_size", "must be at least 1".into()));
+        if !(1..=MAX_SYNC_LIMIT).contains(&self.sync.batch_size) {
+            return Err(invalid(
+                "sync.batch_size",
+                format!(
+                    "must be 1 to {MAX_SYNC_LIMIT} (the most records one pull can ask for), not {}",
+                    self.sync.batch_size
+                ),
+            ));
+        }
+        if self.sync.peer.as_ref().is_some_and(|p| p.port == 0) {
+            return Err(invalid(
+                "sync.peer.port",
+                "0 is not a port to connect to: use the Record node's api.port".into(),
+            ));
+        }
+        if !any_port {
+            let listeners = [
+                (
+                    "http.port",
+                    self.http.as_ref().filter(|h| h.enabled).map(|h| h.port),
+                ),
+                ("api.port", Some(self.api.port)),
+                (
+                    "tcp.port",
+                    self.tcp.as_ref().filter(|t| t.enabled).map(|t| t.port),
+                ),
+            ];
+            if let Some((key, _)) = listeners.iter().find(|(_, port)| *port == Some(0)) {
+                return Err(invalid(
+                    key,
+                    "0 lets the system pick a random port that no client knows: choose one".into(),
+                ));
+            }
         }
         if !valid_peer_id(&self.sync.peer_id) {
             return Err(invalid(
@@ -1023,17 +1112,18 @@ fn explain(err: &serde_json::Error, text: &str) -> String {
     message
 }
 
+/// The bare word around `serde_json`'s byte `column`, which may fall inside
+/// a multi-byte character.
 fn bare_word_at(text: &str, line: usize, column: usize) -> Option<&str> {
     let line_text = text.lines().nth(line.checked_sub(1)?)?;
-    let end = column.min(line_text.len());
-    let start = line_text[..end]
-        .rfind(|c: char| !c.is_ascii_alphanumeric() && c != '_')
-        .map_or(0, |i| i + 1);
+    let mut end = column.min(line_text.len());
+    while !line_text.is_char_boundary(end) {
+        end -= 1;
+    }
+    let is_word = |c: char| c.is_ascii_alphanumeric() || c == '_';
+    let start = line_text[..end].trim_end_matches(is_word).len();
     let rest = &line_text[start..];
-    let word_len = rest
-        .find(|c: char| !c.is_ascii_alphanumeric() && c != '_')
-        .unwrap_or(rest.len());
-    let word = &rest[..word_len];
+    let word = &rest[..rest.find(|c: char| !is_word(c)).unwrap_or(rest.len())];
     if line_text[..start].ends_with('"') {
         return None;
     }
@@ -1143,6 +1233,115 @@ mod tests {
     fn shard_count_is_bounded() {
         let err = parse("{\"mode\": \"Record\", \"sync\": {\"shards\": 0}}").unwrap_err();
         assert!(err.to_string().contains("sync.shards"), "{err}");
+    }
+
+    #[test]
+    fn a_byte_order_mark_is_accepted() {
+        let c = parse("\u{feff}{\"mode\": \"Playback\"}").unwrap();
+        assert_eq!(c.mode, Mode::Playback);
+    }
+
+    /// Columns count characters, as an editor does, not UTF-8 bytes.
+    #[test]
+    fn mistakes_next_to_multibyte_characters_get_line_and_column() {
+        for (text, at) in [
+            (
+                "{\n  \u{201c}mode\u{201d}: \"Record\"\n}",
+                "test.json:2:3: ",
+            ),
+            (
+                "{\"mode\": \"Record\"\u{ff0c} \"tcp\": null}",
+                "test.json:1:18: ",
+            ),
+            (
+                "\u{feff}{\n \"mode\": \"Record\"\u{ff0c}\n}",
+                "test.json:2:18: ",
+            ),
+            (
+                "{\"data_dir\": \"\u{6570}\u{636e}\", \"tcp\": nill}",
+                "test.json:1:28: ",
+            ),
+            (
+                "{\"data_dir\": \"\u{e9}\" \"tcp\": null}",
+                "test.json:1:18: ",
+            ),
+        ] {
+            let err = parse(text).unwrap_err().to_string();
+            assert!(err.starts_with(at), "{text:?}: {err}");
+        }
+        let err = parse("{\"data_dir\": \"\u{6570}\", \"tcp\": nill}")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("`nill` is not a JSON value"), "{err}");
+    }
+
+    #[test]
+    fn range_errors_name_the_line_and_column_of_their_key() {
+        let text = "{\"mode\": \"Record\", // \u{6a21}\u{5f0f}\n \"data_dir\": \"\u{e9}\", \"sync\": {\"shards\": 0}}";
+        let err = parse(text).unwrap_err().to_string();
+        assert_eq!(err, "test.json:2:28: sync.shards: must be 1 to 1024, not 0");
+        // A default is in no line of the file.
+        let err = parse(r#"{"mode": "Playback", "sync": {"enabled": true}}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("test.json: sync.peer: "), "{err}");
+    }
+
+    #[test]
+    fn values_that_would_silently_break_sync_are_refused() {
+        let record = |extra: &str| format!(r#"{{"mode": "Record", {extra}}}"#);
+        for (extra, says) in [
+            (
+                r#""playback": {"timeout_ms": 0}"#,
+                "playback.timeout_ms: must be 1 to 3600000 ms (an hour), not 0",
+            ),
+            (
+                r#""playback": {"timeout_ms": 3600001}"#,
+                "playback.timeout_ms: must be 1 to 3600000 ms (an hour), not 3600001",
+            ),
+            (
+                r#""sync": {"interval": 18446744073709551615}"#,
+                "sync.interval: must be 1 to 3600000 ms (an hour), not 18446744073709551615",
+            ),
+            (
+                r#""sync": {"interval": 0}"#,
+                "sync.interval: must be 1 to 3600000 ms (an hour), not 0",
+            ),
+            (
+                r#""sync": {"batch_size": 10001}"#,
+                "sync.batch_size: must be 1 to 10000 (the most records one pull can ask for), not 10001",
+            ),
+            (
+                r#""sync": {"peer": {"timeout_ms": 0}}"#,
+                "sync.peer.timeout_ms: must be 1 to 3600000 ms (an hour), not 0",
+            ),
+            (
+                r#""sync": {"peer": {"port": 0}}"#,
+                "sync.peer.port: 0 is not a port to connect to",
+            ),
+            (
+                r#""http": {"port": 0, "downstream": "http://a:1"}"#,
+                "http.port: 0 lets the system pick a random port",
+            ),
+            (
+                r#""api": {"port": 0}"#,
+                "api.port: 0 lets the system pick a random port",
+            ),
+            (
+                r#""tcp": {"port": 0, "downstream": "a:1"}"#,
+                "tcp.port: 0 lets the system pick a random port",
+            ),
+        ] {
+            let err = parse(&record(extra)).unwrap_err().to_string();
+            assert!(err.starts_with("test.json:1:"), "{extra}: {err}");
+            assert!(err.contains(says), "{extra}: {err}");
+        }
+        let limits = r#""sync": {"interval": 3600000, "batch_size": 10000},
+            "playback": {"timeout_ms": 3600000}"#;
+        parse(&record(limits)).unwrap();
+        // Tests and `qproxy demo --any-ports` let the system pick ports.
+        let any = record(r#""http": {"port": 0, "downstream": "http://a:1"}, "api": {"port": 0}"#);
+        Config::parse_allowing_any_port(&any, Path::new("demo")).unwrap();
     }
 
     #[test]

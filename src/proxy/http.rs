@@ -1,18 +1,24 @@
 //! The HTTP reverse proxy: HTTP/1.1 and h2c in, pooled HTTP/1.1 out.
 //!
-//! Phases of one exchange: strip hop-by-hop headers → start the capture
-//! (Record node) → add `X-Forwarded-For` → send to the downstream with the
-//! body streamed through a [`TeeBody`] → stream the response back through
-//! another. Downstream failure answers 502 with a short reason and is
-//! recorded too.
+//! Phases of one exchange: refuse what a reverse proxy must not forward
+//! (`CONNECT`, a missing or repeated `Host`) → strip hop-by-hop headers →
+//! start the capture (Record node) → add `X-Forwarded-For` → send to the
+//! downstream with the body streamed through a [`TeeBody`] → stream the
+//! response back through another. Downstream failure answers 502 with a
+//! short reason and is recorded too; a request body the client breaks
+//! (bad chunked coding, cut short) answers 400.
 
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Instant;
 
 use bytes::Bytes;
-use http::uri::{PathAndQuery, Scheme};
-use http::{Request, Response, StatusCode, Uri, Version};
+use http::header::{ALLOW, HOST};
+use http::uri::{Authority, PathAndQuery, Scheme};
+use http::{HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
+use http_body::{Body, Frame, SizeHint};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
@@ -36,7 +42,7 @@ pub struct HttpProxy {
 struct Inner {
     /// One pool per worker thread (see [`crate::server::Workers`]), so a
     /// request and its downstream connection share a thread.
-    clients: Vec<Client<super::Connector, TeeBody<Incoming>>>,
+    clients: Vec<Client<super::Connector, TeeBody<ClientBody>>>,
     downstream: Downstream,
     recorder: Option<Recorder>,
     metrics: m::RequestMetrics,
@@ -89,6 +95,83 @@ pub fn target_uri(downstream: &Downstream, uri: &Uri) -> Result<Uri, http::Error
         .build()
 }
 
+/// The client's request body. Its errors have their own type so that a
+/// failed exchange can tell the client's broken body (400) from a failed
+/// downstream (502): hyper's client error carries it as a source.
+pub struct ClientBody(Incoming);
+
+/// Reading the client's request body failed.
+#[derive(Debug, thiserror::Error)]
+#[error(transparent)]
+pub struct ClientBodyError(hyper::Error);
+
+impl Body for ClientBody {
+    type Data = Bytes;
+    type Error = ClientBodyError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, ClientBodyError>>> {
+        Pin::new(&mut self.0)
+            .poll_frame(cx)
+            .map(|frame| frame.map(|f| f.map_err(ClientBodyError)))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.0.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.0.size_hint()
+    }
+}
+
+/// The client's body error somewhere in `error`'s sources, if it is one.
+fn client_body_error<'a>(
+    error: &'a (dyn std::error::Error + 'static),
+) -> Option<&'a ClientBodyError> {
+    let mut cause = Some(error);
+    while let Some(e) = cause {
+        if let Some(body) = e.downcast_ref::<ClientBodyError>() {
+            return Some(body);
+        }
+        cause = e.source();
+    }
+    None
+}
+
+/// Methods this proxy forwards (any but `CONNECT`), for a 405's `Allow`.
+const ALLOWED: &str = "GET, HEAD, POST, PUT, DELETE, PATCH, OPTIONS, TRACE";
+
+/// What is refused before anything reaches the downstream: `CONNECT` (a
+/// reverse proxy opens no tunnels) and, per RFC 9112 §3.2, an HTTP/1.1
+/// request without `Host` or any request with several or a malformed one.
+/// HTTP/2 names its host in `:authority`, so `Host` is optional there.
+fn refusal(parts: &http::request::Parts) -> Option<(StatusCode, String)> {
+    if parts.method == Method::CONNECT {
+        return Some((
+            StatusCode::METHOD_NOT_ALLOWED,
+            "CONNECT is not served: this is a reverse proxy".into(),
+        ));
+    }
+    let mut hosts = parts.headers.get_all(HOST).iter();
+    let bad = |why: String| Some((StatusCode::BAD_REQUEST, why));
+    match (hosts.next(), hosts.next()) {
+        (Some(_), Some(_)) => bad("more than one Host header".into()),
+        (None, _) if parts.version == Version::HTTP_11 => {
+            bad("an HTTP/1.1 request needs a Host header".into())
+        }
+        (Some(host), None) if !host.is_empty() && Authority::try_from(host.as_bytes()).is_err() => {
+            bad(format!(
+                "`{}` is not a host in the Host header",
+                String::from_utf8_lossy(host.as_bytes())
+            ))
+        }
+        _ => None,
+    }
+}
+
 /// A short plain-text answer from QProxy itself.
 pub fn text_response(status: StatusCode, text: String) -> Response<Full<Bytes>> {
     let mut response = Response::new(Full::new(Bytes::from(text)));
@@ -106,6 +189,17 @@ impl Handler<ResponseBody> for HttpProxy {
         let inner = &self.inner;
         let (mut parts, body) = req.into_parts();
         let method = parts.method.clone();
+        if let Some((status, why)) = refusal(&parts) {
+            inner.metrics.request(&method, status.as_u16());
+            counter!(m::HTTP_ERRORS_TOTAL, "kind" => "bad_request").increment(1);
+            let mut response = text_response(status, format!("qproxy: {why}\n"));
+            if status == StatusCode::METHOD_NOT_ALLOWED {
+                response
+                    .headers_mut()
+                    .insert(ALLOW, HeaderValue::from_static(ALLOWED));
+            }
+            return response.map(Either::Right);
+        }
         strip_hop_by_hop(&mut parts.headers);
         let capture = inner.recorder.as_ref().map(|recorder| {
             Capture::new(
@@ -140,6 +234,7 @@ impl Handler<ResponseBody> for HttpProxy {
         if let Some(len) = http_body::Body::size_hint(&body).exact() {
             inner.metrics.request_size.record(len as f64);
         }
+        let body = ClientBody(body);
         let body = match &capture {
             Some(capture) => TeeBody::tapped(body, capture.clone(), Side::Request),
             None => TeeBody::plain(body),
@@ -166,6 +261,24 @@ impl Handler<ResponseBody> for HttpProxy {
                     None => TeeBody::plain(body),
                 };
                 Response::from_parts(parts, Either::Left(body))
+            }
+            Err(e) if client_body_error(&e).is_some() => {
+                let reason = super::root_cause(&e);
+                debug!(client = %client, error = %reason, "request body failed");
+                inner.metrics.request(&method, 400);
+                counter!(m::HTTP_ERRORS_TOTAL, "kind" => "bad_request").increment(1);
+                if let Some(capture) = capture {
+                    capture.close(
+                        Side::Response,
+                        BodyBuf::default(),
+                        Some(format!("request body: {reason}")),
+                    );
+                }
+                text_response(
+                    StatusCode::BAD_REQUEST,
+                    format!("qproxy: the request body could not be read: {reason}\n"),
+                )
+                .map(Either::Right)
             }
             Err(e) => {
                 let reason = super::root_cause(&e);

@@ -9,9 +9,12 @@ mod embedded;
 mod redis;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
 
 use crate::config::Config;
 use crate::playback::{ParkedRecord, ReplayResult};
@@ -73,6 +76,39 @@ impl StoredRecord {
     }
 }
 
+/// Whether a store's server keeps its data when it restarts. A Redis with
+/// `save ""` and `appendonly no` loses every record and checkpoint then.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub enum Persistence {
+    #[serde(rename = "none")]
+    None,
+    #[serde(rename = "rdb")]
+    Rdb,
+    #[serde(rename = "aof")]
+    Aof,
+    #[serde(rename = "aof+rdb")]
+    AofRdb,
+    /// Not seen yet, or the server does not say (managed Redis often
+    /// refuses `CONFIG`).
+    #[serde(rename = "unknown")]
+    Unknown,
+}
+
+impl Persistence {
+    /// From Redis's `appendonly` (`yes`/`no`) and `save` (`""`: no snapshots).
+    pub fn of_redis(appendonly: &str, save: &str) -> Persistence {
+        match (
+            appendonly.eq_ignore_ascii_case("yes"),
+            !save.trim().is_empty(),
+        ) {
+            (true, true) => Persistence::AofRdb,
+            (true, false) => Persistence::Aof,
+            (false, true) => Persistence::Rdb,
+            (false, false) => Persistence::None,
+        }
+    }
+}
+
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     /// Names the backend for status pages and logs (never a password).
@@ -87,6 +123,20 @@ pub trait Store: Send + Sync + 'static {
     }
 
     async fn ping(&self) -> Result<(), StoreError>;
+
+    /// Whether the store's server keeps data across its own restart, as
+    /// last checked; `None` where that does not apply (the embedded store
+    /// syncs every write to its file).
+    fn persistence(&self) -> Option<Persistence> {
+        None
+    }
+
+    /// Asks the server again and remembers the answer for
+    /// [`Store::persistence`]. An error means the server could not be
+    /// reached; a server that will not say is [`Persistence::Unknown`].
+    async fn check_persistence(&self) -> Result<Option<Persistence>, StoreError> {
+        Ok(None)
+    }
 
     /// Writes a batch; returns the assigned ids in the same order. The
     /// batch is written all or none.
@@ -194,4 +244,72 @@ fn encode_result(result: &ReplayResult) -> Vec<u8> {
 
 fn decode_result(bytes: &[u8]) -> Option<ReplayResult> {
     rmp_serde::from_slice(bytes).ok()
+}
+
+/// How often a store's persistence is checked again once it answered
+/// (a Redis may be reconfigured or replaced); while it has not, every second.
+const PERSISTENCE_EVERY: Duration = Duration::from_secs(60);
+
+/// Checks the store's persistence in the background, so a Redis that is
+/// down does not hold up start-up, and warns whenever it is seen to keep
+/// nothing across a restart.
+pub async fn watch_persistence(store: Arc<dyn Store>, shutdown: CancellationToken) {
+    let mut last = Persistence::Unknown;
+    loop {
+        let checked = tokio::select! {
+            checked = store.check_persistence() => checked,
+            _ = shutdown.cancelled() => return,
+        };
+        let wait = match checked {
+            Ok(None) => return,
+            Ok(Some(seen)) => {
+                if seen != last {
+                    match seen {
+                        Persistence::None => warn!(
+                            store = %store.describe(),
+                            "redis persists nothing (save \"\" and appendonly no): \
+                             a restart of Redis loses every record and checkpoint; \
+                             set appendonly yes (README: Redis settings)"
+                        ),
+                        Persistence::Unknown => info!(
+                            store = %store.describe(),
+                            "the store does not say whether it persists (CONFIG GET refused)"
+                        ),
+                        _ => {
+                            info!(store = %store.describe(), persistence = ?seen, "store persistence")
+                        }
+                    }
+                    last = seen;
+                }
+                PERSISTENCE_EVERY
+            }
+            Err(e) => {
+                debug!(error = %e, "store persistence not checked yet");
+                Duration::from_secs(1)
+            }
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = shutdown.cancelled() => return,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redis_settings_name_their_persistence() {
+        for (appendonly, save, expected, shown) in [
+            ("no", "", Persistence::None, "\"none\""),
+            ("no", "3600 1 300 100 60 10000", Persistence::Rdb, "\"rdb\""),
+            ("yes", "", Persistence::Aof, "\"aof\""),
+            ("yes", "3600 1", Persistence::AofRdb, "\"aof+rdb\""),
+        ] {
+            let seen = Persistence::of_redis(appendonly, save);
+            assert_eq!(seen, expected, "{appendonly} {save:?}");
+            assert_eq!(serde_json::to_string(&seen).unwrap(), shown);
+        }
+    }
 }

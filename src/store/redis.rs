@@ -7,7 +7,9 @@
 //! A record is one stream entry whose fields `"0"`, `"1"`, … are its
 //! MessagePack pieces of at most 1 MiB.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -15,7 +17,9 @@ use bytes::Bytes;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{Script, Value};
 
-use super::{decode_result, encode_result, NewRecord, ReplayWrite, StoreError, StoredRecord};
+use super::{
+    decode_result, encode_result, NewRecord, Persistence, ReplayWrite, StoreError, StoredRecord,
+};
 use crate::config::RedisConfig;
 use crate::playback::ReplayResult;
 use crate::record::RecordId;
@@ -31,6 +35,8 @@ pub struct RedisStore {
     commit_script: Script,
     /// Each write trims its stream to about this many records.
     max_len: Option<u64>,
+    /// What `CONFIG GET appendonly`/`save` said last.
+    persistence: Mutex<Persistence>,
 }
 
 /// How long a command may take once sent. Generous: a write that times out
@@ -77,6 +83,7 @@ impl RedisStore {
             described,
             commit_script: Script::new(COMMIT_LUA),
             max_len: None,
+            persistence: Mutex::new(Persistence::Unknown),
         })
     }
 
@@ -182,6 +189,7 @@ impl super::Store for RedisStore {
             described: self.described.clone(),
             commit_script: self.commit_script.clone(),
             max_len: self.max_len,
+            persistence: Mutex::new(Persistence::Unknown),
         }))
     }
 
@@ -192,6 +200,35 @@ impl super::Store for RedisStore {
     async fn ping(&self) -> Result<(), StoreError> {
         let _: String = redis::cmd("PING").query_async(&mut self.conn()).await?;
         Ok(())
+    }
+
+    fn persistence(&self) -> Option<Persistence> {
+        Some(*self.persistence.lock().expect("persistence lock"))
+    }
+
+    async fn check_persistence(&self) -> Result<Option<Persistence>, StoreError> {
+        let mut conn = self.conn();
+        let mut setting = async |name: &str| -> Result<Option<String>, redis::RedisError> {
+            let reply: Result<HashMap<String, String>, _> = redis::cmd("CONFIG")
+                .arg("GET")
+                .arg(name)
+                .query_async(&mut conn)
+                .await;
+            match reply {
+                Ok(mut values) => Ok(values.remove(name)),
+                // The server answered with an error: it will not say.
+                Err(e) if e.code().is_some() => Ok(None),
+                Err(e) => Err(e),
+            }
+        };
+        let appendonly = setting("appendonly").await?;
+        let save = setting("save").await?;
+        let seen = match (appendonly, save) {
+            (Some(appendonly), Some(save)) => Persistence::of_redis(&appendonly, &save),
+            _ => Persistence::Unknown,
+        };
+        *self.persistence.lock().expect("persistence lock") = seen;
+        Ok(Some(seen))
     }
 
     async fn append(&self, records: &[NewRecord]) -> Result<Vec<RecordId>, StoreError> {

@@ -160,3 +160,77 @@ fn help_and_version() {
         format!("qproxy {}", env!("CARGO_PKG_VERSION"))
     );
 }
+
+/// Smart quotes pasted from a chat or a document used to crash the command
+/// (exit 101); a byte order mark from a Windows editor is simply accepted.
+#[test]
+fn multibyte_mistakes_exit_2_with_line_and_column_and_a_bom_is_fine() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("quotes.json");
+    std::fs::write(&path, "{\n  \u{201c}mode\u{201d}: \"Record\"\n}\n").unwrap();
+    let out = qproxy(&["-t", "-c", path.to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains(&format!("{}:2:3: ", path.display())),
+        "{stderr}"
+    );
+
+    let path = dir.path().join("bom.json");
+    let config = std::fs::read_to_string(repo("config/record.json")).unwrap();
+    std::fs::write(&path, format!("\u{feff}{config}")).unwrap();
+    let out = qproxy(&["-t", "-c", path.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn a_value_out_of_range_is_reported_at_its_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("shards.json");
+    std::fs::write(
+        &path,
+        "{\n  \"mode\": \"Record\",\n  \"sync\": {\n    \"shards\": 0\n  }\n}\n",
+    )
+    .unwrap();
+    let out = qproxy(&["-t", "-c", path.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!(
+            "{}:4:5: sync.shards: must be 1 to 1024, not 0",
+            path.display()
+        )),
+        "{stderr}"
+    );
+}
+
+/// Port 0 would make the system pick a port no client knows; a zero
+/// replay timeout would fail every replay. Both stop the command.
+#[test]
+fn a_random_port_or_a_zero_timeout_stops_the_command() {
+    let dir = tempfile::tempdir().unwrap();
+    for (text, says) in [
+        (
+            "{\"mode\": \"Record\",\n  \"api\": {\"port\": 0}}",
+            ":2:11: api.port: 0 lets the system pick a random port",
+        ),
+        (
+            "{\"mode\": \"Playback\",\n  \"playback\": {\"timeout_ms\": 0}}",
+            ":2:16: playback.timeout_ms: must be 1 to 3600000 ms (an hour), not 0",
+        ),
+    ] {
+        let path = dir.path().join("c.json");
+        std::fs::write(&path, text).unwrap();
+        let out = qproxy(&["-t", "-c", path.to_str().unwrap()]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{stderr}");
+        assert!(
+            stderr.contains(&format!("{}{says}", path.display())),
+            "{stderr}"
+        );
+    }
+}

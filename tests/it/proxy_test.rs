@@ -12,6 +12,7 @@ use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::{Frame, Incoming};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
 use crate::support::{self, eventually, free_port, FakeDownstream, StoreChoice};
@@ -285,4 +286,126 @@ async fn huge_pages_are_off_unless_asked_for() {
             .trim();
         assert_eq!(thp, expected, "MIMALLOC_ALLOW_THP={allow:?}");
     }
+}
+
+/// Writes `request` byte for byte to `proxy` and reads the answer until the
+/// proxy closes (every request here says `Connection: close`).
+async fn raw_exchange(proxy: SocketAddr, request: &str) -> String {
+    let mut stream = tokio::net::TcpStream::connect(proxy).await.unwrap();
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    // A reset after the answer (bytes of ours left unread) is fine.
+    let read = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut answer));
+    let _ = read.await.expect("the proxy answers and closes");
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+/// `http_errors_total{kind}` from the node's `/metrics` (0 before the first).
+async fn http_errors(api: SocketAddr, kind: &str) -> u64 {
+    let response = support::client()
+        .request(
+            Request::get(format!("http://{api}/metrics"))
+                .body(Full::default())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    let line = format!("http_errors_total{{kind=\"{kind}\"}} ");
+    String::from_utf8_lossy(&body)
+        .lines()
+        .find_map(|l| l.strip_prefix(&line)?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// RFC 9112 §3.2: a server answers 400 to an HTTP/1.1 request without
+/// `Host` and to any request with more than one (or a malformed one).
+#[tokio::test]
+async fn host_is_required_once_on_http_1_1() {
+    let downstream = FakeDownstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let node = support::start_node(plain_proxy_config(&downstream.url(), dir.path())).await;
+    let proxy = node.http_addr.unwrap();
+    let before = http_errors(node.api_addr, "bad_request").await;
+    for (request, says) in [
+        (
+            "GET /two HTTP/1.1\r\nHost: a.example\r\nHost: b.example\r\nConnection: close\r\n\r\n",
+            "more than one Host header",
+        ),
+        (
+            "GET /none HTTP/1.1\r\nConnection: close\r\n\r\n",
+            "needs a Host header",
+        ),
+        (
+            "GET /bad HTTP/1.1\r\nHost: a b/c\r\nConnection: close\r\n\r\n",
+            "`a b/c` is not a host",
+        ),
+    ] {
+        let answer = raw_exchange(proxy, request).await;
+        assert!(
+            answer.starts_with("HTTP/1.1 400 Bad Request\r\n"),
+            "{request:?}: {answer}"
+        );
+        assert!(answer.contains(says), "{request:?}: {answer}");
+    }
+    assert_eq!(downstream.count(), 0, "nothing reached the downstream");
+    assert!(http_errors(node.api_addr, "bad_request").await >= before + 3);
+
+    // HTTP/1.0 may leave Host out.
+    let answer = raw_exchange(proxy, "GET /old HTTP/1.0\r\n\r\n").await;
+    assert!(answer.starts_with("HTTP/1.0 200 OK\r\n"), "{answer}");
+    assert_eq!(downstream.seen()[0].uri, "/old");
+    node.stop().await;
+}
+
+/// A reverse proxy does not open tunnels.
+#[tokio::test]
+async fn connect_is_refused() {
+    let downstream = FakeDownstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let node = support::start_node(plain_proxy_config(&downstream.url(), dir.path())).await;
+    let answer = raw_exchange(
+        node.http_addr.unwrap(),
+        "CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(
+        answer.starts_with("HTTP/1.1 405 Method Not Allowed\r\n"),
+        "{answer}"
+    );
+    assert!(
+        answer.to_ascii_lowercase().contains("\r\nallow: get, "),
+        "{answer}"
+    );
+    assert!(answer.contains("reverse proxy"), "{answer}");
+    assert_eq!(downstream.count(), 0, "nothing reached the downstream");
+    node.stop().await;
+}
+
+/// A chunked body that breaks the chunked coding is the client's mistake:
+/// 400 and counted as a bad request, not a 502 blaming the downstream.
+#[tokio::test]
+async fn a_malformed_chunked_body_is_a_400() {
+    let downstream = FakeDownstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let node = support::start_node(plain_proxy_config(&downstream.url(), dir.path())).await;
+    let before = http_errors(node.api_addr, "bad_request").await;
+    let answer = raw_exchange(
+        node.http_addr.unwrap(),
+        "POST /chunks HTTP/1.1\r\nHost: a.example\r\nTransfer-Encoding: chunked\r\n\
+         Connection: close\r\n\r\nzz\r\nhello\r\n0\r\n\r\n",
+    )
+    .await;
+    assert!(
+        answer.starts_with("HTTP/1.1 400 Bad Request\r\n"),
+        "{answer}"
+    );
+    assert!(answer.contains("request body"), "{answer}");
+    assert!(!answer.contains("downstream"), "{answer}");
+    assert!(http_errors(node.api_addr, "bad_request").await > before);
+    assert!(
+        downstream.seen().iter().all(|s| s.body.is_empty()),
+        "no body reached the downstream"
+    );
+    node.stop().await;
 }

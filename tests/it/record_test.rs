@@ -469,6 +469,42 @@ async fn an_auth_token_guards_everything_but_health() {
     node.stop().await;
 }
 
+/// RFC 9110 §11.1: the scheme name is case-insensitive.
+#[tokio::test]
+async fn the_bearer_scheme_is_case_insensitive() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = support::record_config(
+        "http://127.0.0.1:9",
+        1,
+        &StoreChoice::Embedded(dir.path().into()),
+    );
+    config["api"]["auth_token"] = json!("s3cret-token-0123456789");
+    let node = support::start_node(config).await;
+    let status = |authorization: &'static str| {
+        let request = Request::get(format!("http://{}/sync", node.api_addr))
+            .header("authorization", authorization)
+            .body(Full::default())
+            .unwrap();
+        async move { support::client().request(request).await.unwrap().status() }
+    };
+    for ok in [
+        "bearer s3cret-token-0123456789",
+        "BEARER s3cret-token-0123456789",
+        "Bearer  s3cret-token-0123456789",
+    ] {
+        assert_eq!(status(ok).await, StatusCode::OK, "{ok}");
+    }
+    for refused in [
+        "Basic s3cret-token-0123456789",
+        "Bearers3cret-token-0123456789",
+        "s3cret-token-0123456789",
+        "bearer s3cret-token-012345678",
+    ] {
+        assert_eq!(status(refused).await, StatusCode::UNAUTHORIZED, "{refused}");
+    }
+    node.stop().await;
+}
+
 #[tokio::test]
 async fn metrics_show_the_readme_names() {
     let downstream = FakeDownstream::start().await;

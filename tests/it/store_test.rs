@@ -10,7 +10,7 @@ use qproxy::record::{Body, Exchange, HttpExchange, Record, RecordId, PIECE_BYTES
 use qproxy::store::{EmbeddedStore, NewRecord, RedisStore, ReplayWrite, Store};
 use qproxy::sync::{Checkpoint, CommitStatus};
 
-use crate::support::RedisServer;
+use crate::support::{self, eventually, get_json, RedisServer, StoreChoice};
 
 fn record(shard: u32, body: Bytes) -> Record {
     Record {
@@ -433,4 +433,127 @@ async fn redis_streams_stay_near_retention_len_as_they_are_written() {
     assert_eq!(store.last_id(0).await.unwrap(), Some(last));
     store.trim(0, None, Some(100)).await.unwrap();
     assert_eq!(store.len(0).await.unwrap(), 100, "trim cuts exactly");
+}
+
+/// `store.persistence` of a node's `/api/status` once its background check
+/// has answered something other than `unknown` (or `deadline` passed).
+async fn persistence_in_status(api: std::net::SocketAddr) -> String {
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let (_, status) = get_json(&format!("http://{api}/api/status")).await;
+        let seen = status["store"]["persistence"].as_str().unwrap().to_string();
+        if seen != "unknown" || std::time::Instant::now() > until {
+            return seen;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+}
+
+fn redis_choice(server: &RedisServer) -> StoreChoice {
+    StoreChoice::Redis {
+        url: server.url(),
+        prefix: "persist".into(),
+    }
+}
+
+/// A Redis started with `--save '' --appendonly no` loses every record and
+/// checkpoint when it restarts: the node warns at start-up and says so in
+/// `/api/status`.
+#[tokio::test]
+async fn redis_without_persistence_is_warned_about_and_shown() {
+    let server = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = support::record_config("http://127.0.0.1:9", 1, &redis_choice(&server));
+    config["http"]["port"] = serde_json::json!(support::free_port());
+    let api = support::free_port();
+    config["api"]["port"] = serde_json::json!(api);
+    config["logging"]["level"] = serde_json::json!("info");
+    let node = support::NodeProcess::spawn(&config, dir.path(), "record");
+    let warning = eventually(
+        "a warning about persistence",
+        std::time::Duration::from_secs(20),
+        || async {
+            node.log()
+                .lines()
+                .find(|l| l.contains("WARN") && l.contains("appendonly"))
+                .map(str::to_string)
+        },
+    )
+    .await;
+    assert!(warning.contains("restart"), "{warning}");
+    let addr = ([127, 0, 0, 1], api).into();
+    assert_eq!(persistence_in_status(addr).await, "none");
+}
+
+#[tokio::test]
+async fn redis_persistence_says_aof_rdb_or_both() {
+    for (args, expected) in [
+        (&["--appendonly", "yes"][..], "aof"),
+        (&["--save", "3600 1"][..], "rdb"),
+        (&["--appendonly", "yes", "--save", "3600 1"][..], "aof+rdb"),
+    ] {
+        let server = RedisServer::start_args(args);
+        let config = support::record_config("http://127.0.0.1:9", 1, &redis_choice(&server));
+        let node = support::start_node(config).await;
+        assert_eq!(
+            persistence_in_status(node.api_addr).await,
+            expected,
+            "{args:?}"
+        );
+        node.stop().await;
+    }
+}
+
+/// Managed Redis often refuses CONFIG: that is "unknown", not an error.
+#[tokio::test]
+async fn redis_that_refuses_config_has_unknown_persistence() {
+    let server = RedisServer::start_args(&["--rename-command", "CONFIG", ""]);
+    let store = redis_store(&server, "unknown");
+    assert_eq!(
+        store.check_persistence().await.unwrap(),
+        Some(qproxy::store::Persistence::Unknown)
+    );
+    let config = support::record_config("http://127.0.0.1:9", 1, &redis_choice(&server));
+    let node = support::start_node(config).await;
+    let (_, status) = get_json(&format!("http://{}/api/status", node.api_addr)).await;
+    assert_eq!(status["store"]["status"], "UP");
+    assert_eq!(status["store"]["persistence"], "unknown");
+    node.stop().await;
+}
+
+/// The check runs in the background: a node starts at once while Redis is
+/// down, and learns the answer when Redis comes.
+#[tokio::test]
+async fn redis_persistence_is_checked_when_redis_comes() {
+    let port = support::free_port();
+    let choice = StoreChoice::Redis {
+        url: format!("redis://127.0.0.1:{port}"),
+        prefix: "late".into(),
+    };
+    let started = std::time::Instant::now();
+    let node = support::start_node(support::record_config("http://127.0.0.1:9", 1, &choice)).await;
+    assert!(started.elapsed() < std::time::Duration::from_secs(2));
+    let (_, status) = get_json(&format!("http://{}/api/status", node.api_addr)).await;
+    assert_eq!(status["store"]["persistence"], "unknown");
+    let _server = RedisServer::start_on(port, &["--appendonly", "yes"]);
+    eventually(
+        "persistence seen",
+        std::time::Duration::from_secs(20),
+        || async {
+            let (_, status) = get_json(&format!("http://{}/api/status", node.api_addr)).await;
+            (status["store"]["persistence"] == "aof").then_some(())
+        },
+    )
+    .await;
+    node.stop().await;
+}
+
+#[tokio::test]
+async fn embedded_store_has_no_redis_persistence_to_show() {
+    let dir = tempfile::tempdir().unwrap();
+    let choice = StoreChoice::Embedded(dir.path().into());
+    let node = support::start_node(support::record_config("http://127.0.0.1:9", 1, &choice)).await;
+    let (_, status) = get_json(&format!("http://{}/api/status", node.api_addr)).await;
+    assert_eq!(status["store"]["persistence"], serde_json::Value::Null);
+    node.stop().await;
 }

@@ -123,7 +123,18 @@ impl Drop for ServerProcess {
 
 impl RedisServer {
     pub fn start() -> RedisServer {
-        RedisServer::start_with(None, Vec::new())
+        RedisServer::start_with(free_port(), None, Vec::new())
+    }
+
+    /// With these options after the usual ones (which they override, e.g.
+    /// `--appendonly yes`).
+    pub fn start_args(args: &[&str]) -> RedisServer {
+        RedisServer::start_on(free_port(), args)
+    }
+
+    /// On `port`, with these options after the usual ones.
+    pub fn start_on(port: u16, args: &[&str]) -> RedisServer {
+        RedisServer::start_with(port, None, args.iter().map(Into::into).collect())
     }
 
     /// Plain on `port` (for the test's own checks) and TLS on `tls_port`
@@ -142,12 +153,11 @@ impl RedisServer {
             "--tls-auth-clients".into(),
             "no".into(),
         ];
-        RedisServer::start_with(Some(tls_port), args)
+        RedisServer::start_with(free_port(), Some(tls_port), args)
     }
 
-    fn start_with(tls_port: Option<u16>, extra: Vec<std::ffi::OsString>) -> RedisServer {
+    fn start_with(port: u16, tls_port: Option<u16>, extra: Vec<std::ffi::OsString>) -> RedisServer {
         let dir = tempfile::tempdir().expect("temp dir");
-        let port = free_port();
         let mut command: Vec<std::ffi::OsString> = [
             "redis-server",
             "--port",
@@ -403,10 +413,12 @@ pub fn fnv(bytes: &[u8]) -> u64 {
 
 // ---------------------------------------------------------------- nodes
 
-/// Starts a node in this process from config JSON (through the real parser).
+/// Starts a node in this process from config JSON (through the real parser,
+/// letting the system pick the ports that are 0).
 pub async fn start_node(config: Value) -> RunningNode {
     let text = serde_json::to_string_pretty(&config).unwrap();
-    let config = Config::parse(&text, Path::new("test-config.json")).expect("test config is valid");
+    let config = Config::parse_allowing_any_port(&text, Path::new("test-config.json"))
+        .expect("test config is valid");
     qproxy::node::start(config).await.expect("node starts")
 }
 
@@ -506,6 +518,11 @@ impl NodeProcess {
         }
     }
 
+    /// What the node has logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
     /// `kill -9`.
     pub fn kill(&mut self) {
         let _ = self.child.kill();
@@ -587,6 +604,8 @@ pub async fn post_raw(url: &str, body: Bytes) -> (StatusCode, Value) {
 pub struct ClientConn {
     send: hyper::client::conn::http1::SendRequest<Full<Bytes>>,
     pub local: SocketAddr,
+    /// `Host` for requests that name none, as every HTTP/1.1 client sends.
+    host: http::HeaderValue,
 }
 
 impl ClientConn {
@@ -599,10 +618,15 @@ impl ClientConn {
             .await
             .unwrap();
         tokio::spawn(conn);
-        ClientConn { send, local }
+        let host = to.to_string().parse().unwrap();
+        ClientConn { send, local, host }
     }
 
-    pub async fn send(&mut self, req: Request<Full<Bytes>>) -> (StatusCode, HeaderMap, Bytes) {
+    pub async fn send(&mut self, mut req: Request<Full<Bytes>>) -> (StatusCode, HeaderMap, Bytes) {
+        if !req.headers().contains_key(http::header::HOST) {
+            req.headers_mut()
+                .insert(http::header::HOST, self.host.clone());
+        }
         self.send.ready().await.unwrap();
         let response = self.send.send_request(req).await.unwrap();
         let status = response.status();
