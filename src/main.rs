@@ -119,7 +119,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    runtime.block_on(async move {
+    let code = runtime.block_on(async move {
         let node = match qproxy::node::start(config).await {
             Ok(node) => node,
             Err(e) => {
@@ -133,11 +133,28 @@ fn main() -> ExitCode {
             shutdown_signal().await;
             tracing::info!("shutting down");
             token.cancel();
+            // Whatever hangs (a store that never answers, a stuck disk),
+            // the process ends: after the deadline, or at a second signal.
+            tokio::select! {
+                _ = tokio::time::sleep(SHUTDOWN_DEADLINE) => {
+                    tracing::error!("shutdown did not finish within {SHUTDOWN_DEADLINE:?}; exiting");
+                }
+                _ = shutdown_signal() => tracing::warn!("second signal; exiting now"),
+            }
+            std::process::exit(1);
         });
         node.wait().await;
         ExitCode::SUCCESS
-    })
+    });
+    // Blocking work still running (a store call that hangs) must not keep
+    // the process alive.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(2));
+    code
 }
+
+/// Connections get [`qproxy::node::SHUTDOWN_GRACE`], the record writer a few
+/// seconds more to put its spool on disk; past this the process exits.
+const SHUTDOWN_DEADLINE: std::time::Duration = std::time::Duration::from_secs(20);
 
 fn demo(cli: &Cli, any_ports: bool) -> ExitCode {
     let logging = qproxy::config::LoggingConfig {

@@ -409,14 +409,26 @@ impl Api {
         Ok(json_response(StatusCode::OK, &done))
     }
 
+    /// The store answers, and (on a Record node) took the last write of
+    /// records: a store that reads but refuses writes is not up.
     async fn store_up(&self) -> Result<(), String> {
         match tokio::time::timeout(Duration::from_secs(2), self.state.store.ping()).await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(e.to_string()),
-            Err(_) => Err(format!(
-                "{}: no answer within 2s",
-                self.state.store.describe()
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(e.to_string()),
+            Err(_) => {
+                return Err(format!(
+                    "{}: no answer within 2s",
+                    self.state.store.describe()
+                ))
+            }
+        }
+        match &self.state.recorder {
+            Some(rec) if !rec.store_up.load(Ordering::Relaxed) => Err(format!(
+                "{}: the last write of records failed: {}",
+                self.state.store.describe(),
+                rec.last_write_error().unwrap_or_default()
             )),
+            _ => Ok(()),
         }
     }
 

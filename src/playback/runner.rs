@@ -268,6 +268,7 @@ impl SyncRunner {
         let mut prefetched = None;
         // The record this shard waits on, when one did not reach its target.
         let mut retrying: Option<Retrying> = None;
+        let mut last_error: Option<String> = None;
         loop {
             let round = tokio::select! {
                 r = self.round(shard, cursor, prefetched.take(), &mut retrying) => r,
@@ -289,10 +290,13 @@ impl SyncRunner {
                 Err(e) => {
                     self.stats.sync_errors.fetch_add(1, Ordering::Relaxed);
                     counter!(m::SYNC_ERRORS_TOTAL).increment(1);
-                    if failures == 0 {
-                        warn!(shard, error = %e, "sync round failed; retrying");
+                    // Each distinct error once; a repeat only at debug.
+                    let error = e.to_string();
+                    if failures == 0 || last_error.as_deref() != Some(error.as_str()) {
+                        warn!(shard, %error, failures, "sync round failed; retrying");
+                        last_error = Some(error);
                     } else {
-                        debug!(shard, error = %e, failures, "sync round failed again");
+                        debug!(shard, %error, failures, "sync round failed again");
                     }
                     failures = failures.saturating_add(1);
                     let backoff = Duration::from_millis(100u64 << failures.min(5));

@@ -44,6 +44,14 @@ pub struct RecorderStats {
     pub overflowing: AtomicBool,
     /// Set while spooled records are kept on disk.
     pub spool_on_disk: AtomicBool,
+    /// Why the last write failed, while the store is down.
+    last_error: std::sync::Mutex<Option<String>>,
+}
+
+impl RecorderStats {
+    pub fn last_write_error(&self) -> Option<String> {
+        self.last_error.lock().expect("error lock").clone()
+    }
 }
 
 /// What goes through the queue: an HTTP exchange still in its raw form, or
@@ -85,7 +93,18 @@ struct Writer {
     disk: Option<DiskSpool>,
     /// A disk error was logged; quiet until the disk works again.
     disk_error_logged: bool,
+    /// While writes fail: the error last logged, when, and failures since.
+    failing: Option<Failing>,
 }
+
+struct Failing {
+    error: String,
+    logged_at: Instant,
+    since_logged: u64,
+}
+
+/// While the store keeps failing with the same error, one line this often.
+const REPEAT_LOG_EVERY: Duration = Duration::from_secs(60);
 
 /// How long the writer keeps trying to flush after the last sender is gone.
 const FLUSH_GRACE: Duration = Duration::from_secs(5);
@@ -143,6 +162,7 @@ impl Recorder {
             signal,
             disk,
             disk_error_logged: false,
+            failing: None,
         };
         if let Some(recovered) = recovered {
             writer.restore(recovered);
@@ -415,6 +435,31 @@ impl Writer {
         self.note_spool();
     }
 
+    /// Logs each distinct store error once, and a repeated one once a
+    /// minute with how often it happened meanwhile.
+    fn note_write_error(&mut self, error: String) {
+        *self.stats.last_error.lock().expect("error lock") = Some(error.clone());
+        let spooled = self.spool.len();
+        match &mut self.failing {
+            Some(f) if f.error == error => {
+                f.since_logged += 1;
+                if f.logged_at.elapsed() >= REPEAT_LOG_EVERY {
+                    warn!(%error, failed_writes = f.since_logged, spooled, "still cannot write records");
+                    f.logged_at = Instant::now();
+                    f.since_logged = 0;
+                }
+            }
+            _ => {
+                warn!(%error, spooled, "cannot write records; spooling until the store is back");
+                self.failing = Some(Failing {
+                    error,
+                    logged_at: Instant::now(),
+                    since_logged: 0,
+                });
+            }
+        }
+    }
+
     /// Takes back what an earlier process left in the spool on disk.
     fn restore(&mut self, recovered: Recovered) {
         if recovered.damaged > 0 {
@@ -560,6 +605,8 @@ impl Writer {
                     if !self.stats.store_up.swap(true, Ordering::Relaxed) {
                         info!(store = %self.store.describe(), spooled = self.spool.len(), "store is back; writing spooled records");
                         gauge!(m::STORE_UP).set(1.0);
+                        *self.stats.last_error.lock().expect("error lock") = None;
+                        self.failing = None;
                     }
                     if self.spool.len() < self.spool_capacity
                         && self.spooled_bytes < self.spool_bytes
@@ -572,10 +619,9 @@ impl Writer {
                 Err(e) => {
                     self.stats.write_errors.fetch_add(1, Ordering::Relaxed);
                     counter!(m::RECORD_WRITE_ERRORS_TOTAL).increment(1);
-                    if self.stats.store_up.swap(false, Ordering::Relaxed) {
-                        warn!(error = %e, spooled = self.spool.len(), "cannot write records; spooling until the store is back");
-                        gauge!(m::STORE_UP).set(0.0);
-                    }
+                    self.stats.store_up.store(false, Ordering::Relaxed);
+                    gauge!(m::STORE_UP).set(0.0);
+                    self.note_write_error(e.to_string());
                     self.keep_on_disk();
                     self.spool_batch(&mut arrived);
                     return false;

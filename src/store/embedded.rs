@@ -5,11 +5,13 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
+use tracing::{info, warn};
 
 use super::{decode_result, encode_result, NewRecord, ReplayWrite, StoreError, StoredRecord};
 use crate::playback::ReplayResult;
@@ -25,6 +27,18 @@ const REPLAYED: TableDefinition<(&str, u32), (u64, u64)> = TableDefinition::new(
 /// Parked records' last results, and the records themselves.
 const PARKED: TableDefinition<IdKey, &[u8]> = TableDefinition::new("parked");
 const PARKED_RECORDS: TableDefinition<IdKey, &[u8]> = TableDefinition::new("parked_records");
+/// Entries per (table, shard), kept in the same transactions that change
+/// them, so counting never scans a shard. [`COUNTS_VALID`] marks a file
+/// whose counts are complete (older files are counted once when opened).
+const COUNTS: TableDefinition<(u8, u32), u64> = TableDefinition::new("counts");
+const COUNT_RECORDS: u8 = 0;
+const COUNT_REPLAYS: u8 = 1;
+const COUNT_PARKED: u8 = 2;
+const COUNTS_VALID: (u8, u32) = (255, 0);
+
+/// After an I/O error redb refuses every write until the file is opened
+/// again; no more often than this.
+const REOPEN_EVERY: Duration = Duration::from_secs(1);
 
 #[derive(Clone)]
 pub struct EmbeddedStore {
@@ -32,14 +46,90 @@ pub struct EmbeddedStore {
 }
 
 struct Inner {
-    db: Database,
+    /// `None` while closed after an I/O error (until it opens again). Work
+    /// holds the read lock for its duration, so a reopen (write lock) waits
+    /// for it and the file is really closed before it opens again.
+    db: RwLock<Option<Database>>,
     path: PathBuf,
     /// The last id given per shard, loaded on first use.
     last_ids: Mutex<HashMap<u32, RecordId>>,
+    health: Mutex<Health>,
+}
+
+#[derive(Default)]
+struct Health {
+    /// The last I/O error, until a write succeeds again.
+    broken: Option<String>,
+    last_reopen: Option<Instant>,
 }
 
 fn key(shard: u32, id: RecordId) -> IdKey {
     (shard, id.ms, id.seq)
+}
+
+/// Whether redb failed on the file itself (a full or failing disk): the
+/// database must be closed and opened again before it writes.
+fn is_io_error(message: &str) -> bool {
+    message.starts_with("I/O error") || message.contains("Previous I/O error")
+}
+
+/// Opens the file, creating the tables and counting what is not counted.
+fn open_db(path: &Path) -> Result<Database, String> {
+    let db = Database::create(path).map_err(err)?;
+    let txn = db.begin_write().map_err(err)?;
+    {
+        txn.open_table(RECORDS).map_err(err)?;
+        txn.open_table(CHECKPOINTS).map_err(err)?;
+        txn.open_table(REPLAYS).map_err(err)?;
+        txn.open_table(REPLAYED).map_err(err)?;
+        txn.open_table(PARKED).map_err(err)?;
+        txn.open_table(PARKED_RECORDS).map_err(err)?;
+        let mut counts = txn.open_table(COUNTS).map_err(err)?;
+        if counts.get(COUNTS_VALID).map_err(err)?.is_none() {
+            let mut found: HashMap<(u8, u32), u64> = HashMap::new();
+            for (kind, def) in [
+                (COUNT_RECORDS, RECORDS),
+                (COUNT_REPLAYS, REPLAYS),
+                (COUNT_PARKED, PARKED),
+            ] {
+                let table = txn.open_table(def).map_err(err)?;
+                for entry in table.iter().map_err(err)? {
+                    let (k, _) = entry.map_err(err)?;
+                    *found.entry((kind, k.value().0)).or_default() += 1;
+                }
+            }
+            for (k, n) in found {
+                counts.insert(k, n).map_err(err)?;
+            }
+            counts.insert(COUNTS_VALID, 1).map_err(err)?;
+        }
+    }
+    txn.commit().map_err(err)?;
+    Ok(db)
+}
+
+fn count_of(txn: &WriteTransaction, kind: u8, shard: u32) -> Result<u64, String> {
+    let counts = txn.open_table(COUNTS).map_err(err)?;
+    let n = counts
+        .get((kind, shard))
+        .map_err(err)?
+        .map_or(0, |v| v.value());
+    Ok(n)
+}
+
+/// Adds `delta` to a count in the same transaction as the change.
+fn add_count(txn: &WriteTransaction, kind: u8, shard: u32, delta: i64) -> Result<(), String> {
+    if delta == 0 {
+        return Ok(());
+    }
+    let mut counts = txn.open_table(COUNTS).map_err(err)?;
+    let now = counts
+        .get((kind, shard))
+        .map_err(err)?
+        .map_or(0, |v| v.value());
+    let next = now.saturating_add_signed(delta);
+    counts.insert((kind, shard), next).map_err(err)?;
+    Ok(())
 }
 
 impl EmbeddedStore {
@@ -51,41 +141,126 @@ impl EmbeddedStore {
             message,
         };
         std::fs::create_dir_all(dir).map_err(|e| fail(format!("cannot create folder: {e}")))?;
-        let db = Database::create(&path).map_err(|e| fail(e.to_string()))?;
-        let txn = db.begin_write().map_err(|e| fail(e.to_string()))?;
-        {
-            txn.open_table(RECORDS).map_err(|e| fail(e.to_string()))?;
-            txn.open_table(CHECKPOINTS)
-                .map_err(|e| fail(e.to_string()))?;
-            txn.open_table(REPLAYS).map_err(|e| fail(e.to_string()))?;
-            txn.open_table(REPLAYED).map_err(|e| fail(e.to_string()))?;
-            txn.open_table(PARKED).map_err(|e| fail(e.to_string()))?;
-            txn.open_table(PARKED_RECORDS)
-                .map_err(|e| fail(e.to_string()))?;
-        }
-        txn.commit().map_err(|e| fail(e.to_string()))?;
+        let db = open_db(&path).map_err(fail)?;
         Ok(EmbeddedStore {
             inner: Arc::new(Inner {
-                db,
+                db: RwLock::new(Some(db)),
                 path,
                 last_ids: Mutex::new(HashMap::new()),
+                health: Mutex::new(Health::default()),
             }),
         })
     }
 
-    /// Runs blocking redb work off the async threads.
+    /// Runs blocking redb work off the async threads. An I/O error marks
+    /// the store broken; the next call after [`REOPEN_EVERY`] closes and
+    /// opens the file again, and a write that works clears the mark.
     async fn blocking<T, F>(&self, f: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
-        F: FnOnce(&Inner) -> Result<T, String> + Send + 'static,
+        F: FnOnce(&Inner, &Database) -> Result<T, String> + Send + 'static,
     {
         let inner = self.inner.clone();
         let path = inner.path.display().to_string();
-        tokio::task::spawn_blocking(move || f(&inner))
-            .await
-            .map_err(|e| e.to_string())
-            .and_then(|r| r)
-            .map_err(|message| StoreError::Embedded { path, message })
+        tokio::task::spawn_blocking(move || {
+            inner.reopen_if_due();
+            let result = {
+                let guard = inner.db.read().expect("db lock");
+                match guard.as_ref() {
+                    Some(db) => f(&inner, db),
+                    None => Err(inner
+                        .broken()
+                        .unwrap_or_else(|| "closed after an I/O error".into())),
+                }
+            };
+            if let Err(message) = &result {
+                if is_io_error(message) {
+                    inner.mark_broken(message);
+                }
+            }
+            result
+        })
+        .await
+        .map_err(|e| e.to_string())
+        .and_then(|r| r)
+        .map_err(|message| StoreError::Embedded { path, message })
+    }
+
+    /// Like [`Self::blocking`] for work that writes: success means the
+    /// disk takes writes again.
+    async fn writing<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Inner, &Database) -> Result<T, String> + Send + 'static,
+    {
+        let result = self.blocking(f).await;
+        if result.is_ok() {
+            self.inner.mark_healthy();
+        }
+        result
+    }
+}
+
+impl EmbeddedStore {
+    /// A kept count: no scan.
+    async fn counted(&self, kind: u8, shard: u32) -> Result<u64, StoreError> {
+        self.blocking(move |_, db| {
+            let txn = db.begin_read().map_err(err)?;
+            let counts = txn.open_table(COUNTS).map_err(err)?;
+            let n = counts
+                .get((kind, shard))
+                .map_err(err)?
+                .map_or(0, |v| v.value());
+            Ok(n)
+        })
+        .await
+    }
+}
+
+impl Inner {
+    fn broken(&self) -> Option<String> {
+        self.health.lock().expect("health lock").broken.clone()
+    }
+
+    fn mark_broken(&self, message: &str) {
+        let mut health = self.health.lock().expect("health lock");
+        if health.broken.as_deref() != Some(message) {
+            warn!(path = %self.path.display(), error = %message, "embedded store cannot write; records wait in the spool, the file is opened again until it works");
+        }
+        health.broken = Some(message.to_owned());
+    }
+
+    fn mark_healthy(&self) {
+        let mut health = self.health.lock().expect("health lock");
+        if health.broken.take().is_some() {
+            info!(path = %self.path.display(), "embedded store writes again");
+        }
+    }
+
+    /// Closes and opens the file again when it is broken and the last try
+    /// was long enough ago.
+    fn reopen_if_due(&self) {
+        {
+            let mut health = self.health.lock().expect("health lock");
+            if health.broken.is_none()
+                || health
+                    .last_reopen
+                    .is_some_and(|at| at.elapsed() < REOPEN_EVERY)
+            {
+                return;
+            }
+            health.last_reopen = Some(Instant::now());
+        }
+        let mut db = self.db.write().expect("db lock");
+        // Closed first: redb keeps one open handle per file.
+        *db = None;
+        match open_db(&self.path) {
+            Ok(opened) => *db = Some(opened),
+            Err(e) => {
+                drop(db);
+                self.mark_broken(&format!("opening again: {e}"));
+            }
+        }
     }
 }
 
@@ -106,29 +281,27 @@ fn last_in(
     }))
 }
 
-fn count_in(table: &impl ReadableTable<IdKey, &'static [u8]>, shard: u32) -> Result<u64, String> {
-    let range = table
-        .range((shard, 0, 0)..=(shard, u64::MAX, u64::MAX))
-        .map_err(err)?;
-    Ok(range.count() as u64)
-}
-
 #[async_trait]
 impl super::Store for EmbeddedStore {
     fn describe(&self) -> String {
         format!("embedded {}", self.inner.path.display())
     }
 
+    /// Fails while the file refuses writes (a full disk), though it still
+    /// reads: a store that cannot take records is not up.
     async fn ping(&self) -> Result<(), StoreError> {
-        self.blocking(|inner| inner.db.begin_read().map(|_| ()).map_err(err))
-            .await
+        self.blocking(|inner, db| match inner.broken() {
+            Some(message) => Err(message),
+            None => db.begin_read().map(|_| ()).map_err(err),
+        })
+        .await
     }
 
     async fn append(&self, records: &[NewRecord]) -> Result<Vec<RecordId>, StoreError> {
         let records = records.to_vec();
-        self.blocking(move |inner| {
+        self.writing(move |inner, db| {
             let now = crate::clock::now_ms();
-            let txn = inner.db.begin_write().map_err(err)?;
+            let txn = db.begin_write().map_err(err)?;
             let mut ids = Vec::with_capacity(records.len());
             let mut last_ids = inner.last_ids.lock().expect("last id lock");
             let mut given: HashMap<u32, RecordId> = HashMap::new();
@@ -151,6 +324,13 @@ impl super::Store for EmbeddedStore {
                     ids.push(id);
                 }
             }
+            let mut added: HashMap<u32, i64> = HashMap::new();
+            for record in &records {
+                *added.entry(record.shard).or_default() += 1;
+            }
+            for (shard, n) in added {
+                add_count(&txn, COUNT_RECORDS, shard, n)?;
+            }
             txn.commit().map_err(err)?;
             last_ids.extend(given);
             Ok(ids)
@@ -168,8 +348,8 @@ impl super::Store for EmbeddedStore {
         if from > to || limit == 0 {
             return Ok(Vec::new());
         }
-        self.blocking(move |inner| {
-            let txn = inner.db.begin_read().map_err(err)?;
+        self.blocking(move |_, db| {
+            let txn = db.begin_read().map_err(err)?;
             let table = txn.open_table(RECORDS).map_err(err)?;
             let mut out = Vec::new();
             for entry in table
@@ -193,16 +373,12 @@ impl super::Store for EmbeddedStore {
     }
 
     async fn len(&self, shard: u32) -> Result<u64, StoreError> {
-        self.blocking(move |inner| {
-            let txn = inner.db.begin_read().map_err(err)?;
-            count_in(&txn.open_table(RECORDS).map_err(err)?, shard)
-        })
-        .await
+        self.counted(COUNT_RECORDS, shard).await
     }
 
     async fn last_id(&self, shard: u32) -> Result<Option<RecordId>, StoreError> {
-        self.blocking(move |inner| {
-            let txn = inner.db.begin_read().map_err(err)?;
+        self.blocking(move |_, db| {
+            let txn = db.begin_read().map_err(err)?;
             last_in(&txn.open_table(RECORDS).map_err(err)?, shard)
         })
         .await
@@ -214,17 +390,22 @@ impl super::Store for EmbeddedStore {
         min_id: Option<RecordId>,
         max_len: Option<u64>,
     ) -> Result<(), StoreError> {
-        self.blocking(move |inner| {
-            let txn = inner.db.begin_write().map_err(err)?;
+        self.writing(move |_, db| {
+            let txn = db.begin_write().map_err(err)?;
+            let mut removed = 0i64;
             {
                 let mut table = txn.open_table(RECORDS).map_err(err)?;
                 if let Some(min_id) = min_id {
                     table
-                        .retain_in(key(shard, RecordId::ZERO)..key(shard, min_id), |_, _| false)
+                        .retain_in(key(shard, RecordId::ZERO)..key(shard, min_id), |_, _| {
+                            removed += 1;
+                            false
+                        })
                         .map_err(err)?;
                 }
                 if let Some(max_len) = max_len {
-                    let count = count_in(&table, shard)?;
+                    let count =
+                        count_of(&txn, COUNT_RECORDS, shard)?.saturating_sub(removed as u64);
                     if count > max_len {
                         let cut = {
                             let mut range = table
@@ -237,13 +418,17 @@ impl super::Store for EmbeddedStore {
                             table
                                 .retain_in(
                                     key(shard, RecordId::ZERO)..key(shard, RecordId::new(ms, seq)),
-                                    |_, _| false,
+                                    |_, _| {
+                                        removed += 1;
+                                        false
+                                    },
                                 )
                                 .map_err(err)?;
                         }
                     }
                 }
             }
+            add_count(&txn, COUNT_RECORDS, shard, -removed)?;
             txn.commit().map_err(err)
         })
         .await
@@ -251,8 +436,8 @@ impl super::Store for EmbeddedStore {
 
     async fn checkpoint(&self, peer: &str, shard: u32) -> Result<Option<Checkpoint>, StoreError> {
         let peer = peer.to_owned();
-        self.blocking(move |inner| {
-            let txn = inner.db.begin_read().map_err(err)?;
+        self.blocking(move |_, db| {
+            let txn = db.begin_read().map_err(err)?;
             let table = txn.open_table(CHECKPOINTS).map_err(err)?;
             let value = table.get((peer.as_str(), shard)).map_err(err)?;
             Ok(value.and_then(|v| serde_json::from_slice(v.value()).ok()))
@@ -261,8 +446,8 @@ impl super::Store for EmbeddedStore {
     }
 
     async fn checkpoints(&self, shards: u32) -> Result<Vec<Checkpoint>, StoreError> {
-        self.blocking(move |inner| {
-            let txn = inner.db.begin_read().map_err(err)?;
+        self.blocking(move |_, db| {
+            let txn = db.begin_read().map_err(err)?;
             let table = txn.open_table(CHECKPOINTS).map_err(err)?;
             let mut out = Vec::new();
             for entry in table.iter().map_err(err)? {
@@ -277,8 +462,8 @@ impl super::Store for EmbeddedStore {
     }
 
     async fn commit(&self, checkpoint: Checkpoint) -> Result<Checkpoint, StoreError> {
-        self.blocking(move |inner| {
-            let txn = inner.db.begin_write().map_err(err)?;
+        self.writing(move |_, db| {
+            let txn = db.begin_write().map_err(err)?;
             let stored = {
                 let mut table = txn.open_table(CHECKPOINTS).map_err(err)?;
                 let k = (checkpoint.peer_id.as_str(), checkpoint.shard);
@@ -314,47 +499,62 @@ impl super::Store for EmbeddedStore {
             .collect();
         let unpark = write.unpark.to_vec();
         let (upto, keep) = (write.upto, write.keep);
-        self.blocking(move |inner| {
-            let txn = inner.db.begin_write().map_err(err)?;
+        self.writing(move |_, db| {
+            let txn = db.begin_write().map_err(err)?;
             {
                 let mut table = txn.open_table(REPLAYS).map_err(err)?;
+                let mut count = count_of(&txn, COUNT_REPLAYS, shard)?;
                 for result in &results {
-                    table
+                    let old = table
                         .insert(
                             key(shard, result.record_id),
                             encode_result(result).as_slice(),
                         )
                         .map_err(err)?;
+                    count += u64::from(old.is_none());
                 }
-                let count = count_in(&table, shard)?;
                 let keep = keep.max(1);
                 if count > keep {
+                    let excess = count - keep;
                     let mut dropped = 0;
                     table
                         .retain_in(
                             key(shard, RecordId::ZERO)..=key(shard, RecordId::MAX),
                             |_, _| {
                                 dropped += 1;
-                                dropped > count - keep
+                                dropped > excess
                             },
                         )
                         .map_err(err)?;
+                    count = keep;
                 }
+                let mut counts = txn.open_table(COUNTS).map_err(err)?;
+                counts.insert((COUNT_REPLAYS, shard), count).map_err(err)?;
                 if !park.is_empty() || !unpark.is_empty() {
                     let mut parked = txn.open_table(PARKED).map_err(err)?;
                     let mut records = txn.open_table(PARKED_RECORDS).map_err(err)?;
+                    let mut delta = 0i64;
                     for (id, result, record) in &park {
-                        parked
+                        let old = parked
                             .insert(key(shard, *id), result.as_slice())
                             .map_err(err)?;
+                        delta += i64::from(old.is_none());
                         records
                             .insert(key(shard, *id), record.as_slice())
                             .map_err(err)?;
                     }
                     for id in &unpark {
-                        parked.remove(key(shard, *id)).map_err(err)?;
+                        let old = parked.remove(key(shard, *id)).map_err(err)?;
+                        delta -= i64::from(old.is_some());
                         records.remove(key(shard, *id)).map_err(err)?;
                     }
+                    let now = counts
+                        .get((COUNT_PARKED, shard))
+                        .map_err(err)?
+                        .map_or(0, |v| v.value());
+                    counts
+                        .insert((COUNT_PARKED, shard), now.saturating_add_signed(delta))
+                        .map_err(err)?;
                 }
                 if let Some(upto) = upto {
                     let mut marks = txn.open_table(REPLAYED).map_err(err)?;
@@ -370,8 +570,8 @@ impl super::Store for EmbeddedStore {
 
     async fn replayed_upto(&self, peer: &str, shard: u32) -> Result<Option<RecordId>, StoreError> {
         let peer = peer.to_owned();
-        self.blocking(move |inner| {
-            let txn = inner.db.begin_read().map_err(err)?;
+        self.blocking(move |_, db| {
+            let txn = db.begin_read().map_err(err)?;
             let table = txn.open_table(REPLAYED).map_err(err)?;
             let value = table.get((peer.as_str(), shard)).map_err(err)?;
             Ok(value.map(|v| {
@@ -383,8 +583,8 @@ impl super::Store for EmbeddedStore {
     }
 
     async fn replays(&self, shard: u32, limit: usize) -> Result<Vec<ReplayResult>, StoreError> {
-        self.blocking(move |inner| {
-            let txn = inner.db.begin_read().map_err(err)?;
+        self.blocking(move |_, db| {
+            let txn = db.begin_read().map_err(err)?;
             let table = txn.open_table(REPLAYS).map_err(err)?;
             let mut out = Vec::new();
             let range = table
@@ -400,8 +600,8 @@ impl super::Store for EmbeddedStore {
     }
 
     async fn parked(&self, shard: u32, limit: usize) -> Result<Vec<ReplayResult>, StoreError> {
-        self.blocking(move |inner| {
-            let txn = inner.db.begin_read().map_err(err)?;
+        self.blocking(move |_, db| {
+            let txn = db.begin_read().map_err(err)?;
             let table = txn.open_table(PARKED).map_err(err)?;
             let mut out = Vec::new();
             let range = table
@@ -421,8 +621,8 @@ impl super::Store for EmbeddedStore {
         shard: u32,
         id: RecordId,
     ) -> Result<Option<StoredRecord>, StoreError> {
-        self.blocking(move |inner| {
-            let txn = inner.db.begin_read().map_err(err)?;
+        self.blocking(move |_, db| {
+            let txn = db.begin_read().map_err(err)?;
             let table = txn.open_table(PARKED_RECORDS).map_err(err)?;
             let value = table.get(key(shard, id)).map_err(err)?;
             Ok(value.map(|v| StoredRecord {
@@ -435,10 +635,48 @@ impl super::Store for EmbeddedStore {
     }
 
     async fn parked_count(&self, shard: u32) -> Result<u64, StoreError> {
-        self.blocking(move |inner| {
-            let txn = inner.db.begin_read().map_err(err)?;
-            count_in(&txn.open_table(PARKED).map_err(err)?, shard)
-        })
-        .await
+        self.counted(COUNT_PARKED, shard).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::Store;
+
+    #[tokio::test]
+    async fn a_file_from_before_counts_is_counted_once_when_opened() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let db = Database::create(dir.path().join("qproxy.redb")).unwrap();
+            let txn = db.begin_write().unwrap();
+            {
+                let mut records = txn.open_table(RECORDS).unwrap();
+                for (shard, seq) in [(0, 1), (0, 2), (1, 1)] {
+                    records.insert((shard, 5, seq), &b"x"[..]).unwrap();
+                }
+            }
+            txn.commit().unwrap();
+        }
+        let store = EmbeddedStore::open(dir.path()).unwrap();
+        assert_eq!(store.len(0).await.unwrap(), 2);
+        assert_eq!(store.len(1).await.unwrap(), 1);
+        assert_eq!(store.len(2).await.unwrap(), 0);
+        store
+            .trim(0, Some(RecordId::new(5, 2)), None)
+            .await
+            .unwrap();
+        assert_eq!(store.len(0).await.unwrap(), 1, "trimming keeps the count");
+    }
+
+    #[test]
+    fn io_errors_are_told_apart() {
+        assert!(is_io_error(
+            "I/O error: No space left on device (os error 28)"
+        ));
+        assert!(is_io_error(
+            "Previous I/O error occurred. Please close and re-open the database."
+        ));
+        assert!(!is_io_error("Table 'records' does not exist"));
     }
 }

@@ -483,3 +483,114 @@ async fn failure_test_sigterm_with_the_store_down_exits_at_once_and_keeps_the_sp
     let expected: Vec<String> = (0..10).map(|i| format!("/term/{i}")).collect();
     assert_eq!(uris, expected);
 }
+
+/// A small tmpfs mounted for one test (root only: CI runs as root), with
+/// a filler file that takes most of it; unmounted on drop.
+struct SmallDisk {
+    mount: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl SmallDisk {
+    fn new(size_mib: u32, filler_mib: usize) -> SmallDisk {
+        let dir = tempfile::tempdir().unwrap();
+        let mount = dir.path().join("disk");
+        std::fs::create_dir(&mount).unwrap();
+        let status = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size_mib}m"), "tmpfs"])
+            .arg(&mount)
+            .status()
+            .expect("mount runs");
+        assert!(
+            status.success(),
+            "mounting a tmpfs needs root (CI runs the tests as root): {status}"
+        );
+        std::fs::write(mount.join("filler"), vec![0u8; filler_mib << 20]).unwrap();
+        SmallDisk { mount, _dir: dir }
+    }
+
+    fn free_filler(&self) {
+        std::fs::remove_file(self.mount.join("filler")).unwrap();
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.mount)
+            .status();
+    }
+}
+
+/// The embedded store on a disk that fills up: requests are still served,
+/// `/health` says the store is DOWN, and once space is freed the store
+/// writes again by itself and every record arrives, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failure_test_a_full_disk_heals_once_space_is_freed() {
+    let zone_a = FakeDownstream::start().await;
+    let disk = SmallDisk::new(16, 12);
+    let node = support::start_node(support::record_config(
+        &zone_a.url(),
+        1,
+        &StoreChoice::Embedded(disk.mount.join("data")),
+    ))
+    .await;
+    let (proxy, api) = (node.http_addr.unwrap(), node.api_addr);
+
+    let mut conn = crate::support::ClientConn::connect("127.0.0.1".parse().unwrap(), proxy).await;
+    let body = bytes::Bytes::from(vec![b'x'; 100 << 10]);
+    for i in 0..60 {
+        let req = http::Request::post(format!("/full/{i}"))
+            .header("host", "zone-a")
+            .body(http_body_util::Full::new(body.clone()))
+            .unwrap();
+        let (status, _, _) = conn.send(req).await;
+        assert_eq!(
+            status,
+            StatusCode::OK,
+            "request {i} is served on a full disk"
+        );
+    }
+    let (code, health) = eventually(
+        "the store reported DOWN",
+        Duration::from_secs(20),
+        || async {
+            let (code, health) = get_json(&format!("http://{api}/health")).await;
+            (health["components"]["store"] == "DOWN").then_some((code, health))
+        },
+    )
+    .await;
+    assert_eq!(code, StatusCode::SERVICE_UNAVAILABLE, "{health}");
+    let error = health["error"].as_str().unwrap();
+    assert!(error.contains("No space left"), "{error}");
+    let (_, status) = get_json(&format!("http://{api}/api/status")).await;
+    assert_eq!(status["store"]["status"], "DOWN", "{status}");
+    assert!(
+        status["recording"]["spooled"].as_u64().unwrap() > 0,
+        "{status}"
+    );
+
+    disk.free_filler();
+    eventually(
+        "every record written once space is back",
+        Duration::from_secs(30),
+        || async {
+            let r = recording(api).await;
+            (r["written"] == 60 && r["spooled"] == 0).then_some(())
+        },
+    )
+    .await;
+    let uris = stored_uris(api).await.expect("the store answers");
+    let expected: Vec<String> = (0..60).map(|i| format!("/full/{i}")).collect();
+    assert_eq!(uris, expected);
+    let (code, health) = get_json(&format!("http://{api}/health")).await;
+    assert_eq!(
+        (code, &health["status"]),
+        (StatusCode::OK, &json!("UP")),
+        "{health}"
+    );
+    let (_, status) = get_json(&format!("http://{api}/api/status")).await;
+    assert_eq!(status["records_stored"], 60, "{status}");
+    node.stop().await;
+}
