@@ -21,7 +21,6 @@ use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
 use super::message::{topic_matches, topic_safe, Message, QoS, QueryRequest, QueryResponse};
-use crate::record::Body;
 
 /// How to reach a broker and behave there.
 #[derive(Clone)]
@@ -319,7 +318,7 @@ impl MqttClient {
         let request = QueryRequest {
             id,
             reply_to: self.shared.reply_topic.clone(),
-            payload: Body(payload),
+            payload,
         };
         let sent = self
             .publish(
@@ -484,7 +483,7 @@ fn dispatch(shared: &Arc<Shared>, client: &AsyncClient, publish: rumqttc::Publis
                 if let Some(waiter) = waiter {
                     let answer = match (response.payload, response.error) {
                         (_, Some(error)) => Err(error),
-                        (Some(payload), None) => Ok(payload.into_bytes()),
+                        (Some(payload), None) => Ok(payload),
                         (None, None) => Ok(Bytes::new()),
                     };
                     let _ = waiter.send(answer);
@@ -511,11 +510,11 @@ fn dispatch(shared: &Arc<Shared>, client: &AsyncClient, publish: rumqttc::Publis
         };
         let client = client.clone();
         tokio::spawn(async move {
-            let answer = handler(request.payload.into_bytes()).await;
+            let answer = handler(request.payload).await;
             let response = match answer {
                 Ok(payload) => QueryResponse {
                     id: request.id,
-                    payload: Some(Body(payload)),
+                    payload: Some(payload),
                     error: None,
                 },
                 Err(error) => QueryResponse {

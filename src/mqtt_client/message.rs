@@ -8,7 +8,6 @@
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-use crate::record::Body;
 
 /// Delivery guarantee of a publish or subscription.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -52,7 +51,7 @@ pub struct Message {
 pub struct QueryRequest {
     pub id: u64,
     pub reply_to: String,
-    pub payload: Body,
+    pub payload: Bytes,
 }
 
 /// The answer to a [`QueryRequest`], sent to its `reply_to`.
@@ -60,7 +59,7 @@ pub struct QueryRequest {
 pub struct QueryResponse {
     pub id: u64,
     #[serde(default)]
-    pub payload: Option<Body>,
+    pub payload: Option<Bytes>,
     #[serde(default)]
     pub error: Option<String>,
 }
@@ -122,12 +121,12 @@ mod tests {
         let q = QueryRequest {
             id: 7,
             reply_to: "r/x".into(),
-            payload: Body::from(&b"\x00\xff data"[..]),
+            payload: Bytes::from_static(b"\x00\xff data"),
         };
         assert_eq!(QueryRequest::decode(&q.encode()).unwrap(), q);
         let ok = QueryResponse {
             id: 7,
-            payload: Some(Body::from(&b"answer"[..])),
+            payload: Some(Bytes::from_static(b"answer")),
             error: None,
         };
         assert_eq!(QueryResponse::decode(&ok.encode()).unwrap(), ok);

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use qproxy::mqtt_client::message::{topic_matches, QueryRequest, QueryResponse};
 use qproxy::mqtt_client::{MqttClient, MqttConfig, MqttError, QoS};
-use qproxy::record::{Body, RecordId};
+use qproxy::record::RecordId;
 use qproxy::sync::mqtt::{Notification, ShardSignal, Topics};
 
 use crate::support::free_port;
@@ -25,7 +25,7 @@ fn query_envelopes_round_trip_and_reject_garbage() {
     let request = QueryRequest {
         id: 42,
         reply_to: "qproxy/reply/me".into(),
-        payload: Body::from(&b"\x00\x01bin"[..]),
+        payload: Bytes::from_static(b"\x00\x01bin"),
     };
     assert_eq!(QueryRequest::decode(&request.encode()).unwrap(), request);
     let response = QueryResponse {
