@@ -13,7 +13,7 @@ use tracing::{debug, info, warn};
 use crate::api::{Api, ApiState, PlaybackApi};
 use crate::config::{Config, Mode, SpoolMode};
 use crate::mqtt_client::{MqttClient, MqttConfig};
-use crate::playback::{PlaybackStats, Replayer, SyncLink, SyncRunner};
+use crate::playback::{PlaybackStats, Replayer, RetryPolicy, SyncLink, SyncRunner};
 use crate::proxy::http::HttpProxy;
 use crate::proxy::tcp::{TcpProxy, TcpTarget};
 use crate::record::recorder::Recorder;
@@ -347,7 +347,7 @@ async fn run(
                     interval: config.sync.interval(),
                     batch_size: config.sync.batch_size,
                     results_kept: config.playback.results_retention_len,
-                    retry: config.playback.retry_policy(),
+                    retry: RetryPolicy::new(&config.playback),
                 });
                 tasks.extend(runner.spawn(shutdown.clone()));
             }

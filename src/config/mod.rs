@@ -424,15 +424,6 @@ impl Default for PlaybackConfig {
     }
 }
 
-impl PlaybackConfig {
-    pub fn retry_policy(&self) -> crate::playback::RetryPolicy {
-        crate::playback::RetryPolicy {
-            max_attempts: self.max_attempts,
-            max_retry: self.max_retry_ms.map(Duration::from_millis),
-        }
-    }
-}
-
 /// `fast`: each client chunk as soon as the server bytes before it have
 /// arrived. `recorded`: also no earlier than its recorded offset from the
 /// start of the session, so the recorded gaps are kept.

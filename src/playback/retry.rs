@@ -3,6 +3,7 @@
 
 use std::time::{Duration, Instant};
 
+use crate::config::PlaybackConfig;
 use crate::record::RecordId;
 
 /// First wait after a failed try; it doubles up to [`MAX_BACKOFF`].
@@ -18,6 +19,13 @@ pub struct RetryPolicy {
 }
 
 impl RetryPolicy {
+    pub fn new(config: &PlaybackConfig) -> RetryPolicy {
+        RetryPolicy {
+            max_attempts: config.max_attempts,
+            max_retry: config.max_retry_ms.map(Duration::from_millis),
+        }
+    }
+
     /// The wait after `failed` tries in a row have failed.
     pub fn backoff(&self, failed: u32) -> Duration {
         let doublings = failed.saturating_sub(1).min(16);
