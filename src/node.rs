@@ -13,7 +13,7 @@ use tracing::{debug, info, warn};
 use crate::api::{Api, ApiState, PlaybackApi};
 use crate::config::{Config, Mode, SpoolMode};
 use crate::mqtt_client::{MqttClient, MqttConfig};
-use crate::playback::{PlaybackStats, Replayer, RetryPolicy, SyncLink, SyncRunner};
+use crate::playback::{Comparator, PlaybackStats, Replayer, RetryPolicy, SyncLink, SyncRunner};
 use crate::proxy::http::HttpProxy;
 use crate::proxy::tcp::{TcpProxy, TcpTarget};
 use crate::record::recorder::Recorder;
@@ -296,6 +296,8 @@ async fn run(
         ));
         let target = config.http.as_ref().map(|h| h.downstream.clone());
         if let Some(target) = target {
+            // The config checked every header name already.
+            let comparator = Comparator::new(&config.playback).unwrap_or_default();
             let replayer = Arc::new(
                 Replayer::new(
                     target,
@@ -305,7 +307,8 @@ async fn run(
                     tls.client.clone(),
                 )
                 .with_tcp_pacing(config.playback.tcp_pacing)
-                .with_retry_statuses(config.playback.retry_statuses.clone()),
+                .with_retry_statuses(config.playback.retry_statuses.clone())
+                .with_comparator(comparator),
             );
             let peer = config.sync.peer.as_ref();
             if config.sync.enabled {

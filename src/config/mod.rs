@@ -5,7 +5,10 @@
 //! the original README's two example configs are kept as they are; additions
 //! are documented in the README with their defaults.
 
+mod json_path;
 mod jsonc;
+
+pub use json_path::JsonPath;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -408,6 +411,14 @@ pub struct PlaybackConfig {
     /// `/health` is DOWN once this many records are parked (0: never).
     #[serde(default = "default_parked_down_threshold")]
     pub parked_down_threshold: u64,
+    /// Response headers compared besides status and body (e.g.
+    /// `content-type`); others (dates, ids) are not.
+    #[serde(default)]
+    pub compare_headers: Vec<String>,
+    /// Parts of JSON bodies left out of comparisons (e.g. `$.timestamp`,
+    /// `$.items[*].id`).
+    #[serde(default)]
+    pub ignore_json_paths: Vec<JsonPath>,
 }
 
 impl Default for PlaybackConfig {
@@ -420,6 +431,8 @@ impl Default for PlaybackConfig {
             max_retry_ms: None,
             retry_statuses: Vec::new(),
             parked_down_threshold: default_parked_down_threshold(),
+            compare_headers: Vec::new(),
+            ignore_json_paths: Vec::new(),
         }
     }
 }
@@ -917,6 +930,17 @@ impl Config {
                 "must be at least 1 (1: park a record at its first failed try)".into(),
             ));
         }
+        if let Some(h) = self
+            .playback
+            .compare_headers
+            .iter()
+            .find(|h| http::HeaderName::from_bytes(h.as_bytes()).is_err())
+        {
+            return Err(invalid(
+                "playback.compare_headers",
+                format!("`{h}` is not a valid header name"),
+            ));
+        }
         if let Some(status) = self
             .playback
             .retry_statuses
@@ -1128,6 +1152,28 @@ mod tests {
 
     fn parse(text: &str) -> Result<Config, ConfigError> {
         Config::parse(text, Path::new("test.json"))
+    }
+
+    #[test]
+    fn a_bad_json_path_is_reported_where_it_is() {
+        let err = parse(
+            r#"{"mode": "Playback", "http": {"port": 1, "downstream": "http://a:1"},
+  "playback": {"ignore_json_paths": ["$.ok", "items[0]"]}}"#,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("test.json:2:"), "{err}");
+        assert!(
+            err.contains("JSON path `items[0]`: must start with $"),
+            "{err}"
+        );
+        let err = parse(
+            r#"{"mode": "Playback", "http": {"port": 1, "downstream": "http://a:1"},
+  "playback": {"compare_headers": ["bad header"]}}"#,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("playback.compare_headers"), "{err}");
     }
 
     #[test]

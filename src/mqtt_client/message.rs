@@ -8,7 +8,6 @@
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-
 /// Delivery guarantee of a publish or subscription.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum QoS {

@@ -1,47 +1,135 @@
 //! Comparing a replayed answer with the recorded one.
 //!
-//! Status first, then bodies: when both bodies are JSON they are compared
-//! as values (key order ignored), otherwise byte for byte. A mismatch
-//! comes with a short diff a person can read.
+//! Status first, then the headers chosen by `playback.compare_headers`,
+//! then bodies: when both bodies are JSON they are compared as values (key
+//! order ignored, `playback.ignore_json_paths` left out), otherwise byte for
+//! byte. A mismatch comes with a short diff a person can read.
 
+use http::{HeaderMap, HeaderName};
 use serde_json::Value;
 
 use super::Outcome;
+use crate::config::{JsonPath, PlaybackConfig};
+use crate::record::header_value_to_bytes;
 
 /// The longest diff kept per result.
 const MAX_DIFF: usize = 400;
 
-pub fn compare_http(
-    recorded_status: u16,
-    recorded_body: &[u8],
-    replayed_status: u16,
-    replayed_body: &[u8],
-) -> (Outcome, Option<String>) {
-    if recorded_status != replayed_status {
-        return (
-            Outcome::Mismatched,
-            Some(format!(
-                "status: recorded {recorded_status}, replayed {replayed_status}"
-            )),
-        );
+/// How a Playback node judges a replayed HTTP answer, built from its
+/// config: the one place a new comparison rule goes.
+#[derive(Debug, Clone, Default)]
+pub struct Comparator {
+    headers: Vec<HeaderName>,
+    ignore: Vec<JsonPath>,
+}
+
+/// One HTTP answer: the recorded one or the replayed one.
+pub struct Answer<'a> {
+    pub status: u16,
+    pub headers: &'a HeaderMap,
+    pub body: &'a [u8],
+}
+
+impl Comparator {
+    /// From `playback.compare_headers` and `playback.ignore_json_paths`
+    /// (checked when the config is loaded).
+    pub fn new(config: &PlaybackConfig) -> Result<Comparator, String> {
+        let headers = config
+            .compare_headers
+            .iter()
+            .map(|h| {
+                HeaderName::from_bytes(h.as_bytes())
+                    .map_err(|_| format!("`{h}` is not a valid header name"))
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(Comparator {
+            headers,
+            ignore: config.ignore_json_paths.clone(),
+        })
     }
-    match body_diff(recorded_body, replayed_body) {
-        None => (Outcome::Matched, None),
-        Some(diff) => (Outcome::Mismatched, Some(truncate(diff))),
+
+    pub fn compare(
+        &self,
+        recorded: &Answer<'_>,
+        replayed: &Answer<'_>,
+    ) -> (Outcome, Option<String>) {
+        if recorded.status != replayed.status {
+            return (
+                Outcome::Mismatched,
+                Some(format!(
+                    "status: recorded {}, replayed {}",
+                    recorded.status, replayed.status
+                )),
+            );
+        }
+        for name in &self.headers {
+            let (a, b) = (
+                joined(recorded.headers, name),
+                joined(replayed.headers, name),
+            );
+            if a != b {
+                let show = |v: &Option<String>| {
+                    v.as_deref()
+                        .map_or("absent".to_string(), |v| format!("{v:?}"))
+                };
+                return (
+                    Outcome::Mismatched,
+                    Some(truncate(format!(
+                        "header {name}: recorded {}, replayed {}",
+                        show(&a),
+                        show(&b)
+                    ))),
+                );
+            }
+        }
+        match self.body_diff(recorded.body, replayed.body) {
+            None => (Outcome::Matched, None),
+            Some(diff) => (Outcome::Mismatched, Some(truncate(diff))),
+        }
+    }
+
+    fn body_diff(&self, recorded: &[u8], replayed: &[u8]) -> Option<String> {
+        if recorded == replayed {
+            return None;
+        }
+        if let (Ok(mut a), Ok(mut b)) = (
+            serde_json::from_slice::<Value>(recorded),
+            serde_json::from_slice::<Value>(replayed),
+        ) {
+            for path in &self.ignore {
+                path.remove(&mut a);
+                path.remove(&mut b);
+            }
+            return json_diff("$", &a, &b);
+        }
+        compare_bytes("body", recorded, replayed)
     }
 }
 
-fn body_diff(recorded: &[u8], replayed: &[u8]) -> Option<String> {
-    if recorded == replayed {
-        return None;
+/// Recorded headers (as stored: name, text) in a map, for [`Answer`].
+pub fn header_map(headers: &[(String, String)]) -> HeaderMap {
+    let mut map = HeaderMap::with_capacity(headers.len());
+    for (name, value) in headers {
+        if let (Ok(name), Some(value)) = (
+            HeaderName::from_bytes(name.as_bytes()),
+            header_value_to_bytes(value).and_then(|v| http::HeaderValue::from_bytes(&v).ok()),
+        ) {
+            map.append(name, value);
+        }
     }
-    if let (Ok(a), Ok(b)) = (
-        serde_json::from_slice::<Value>(recorded),
-        serde_json::from_slice::<Value>(replayed),
-    ) {
-        return json_diff("$", &a, &b);
-    }
-    compare_bytes("body", recorded, replayed)
+    map
+}
+
+/// Every value of a header, joined with `, ` (how HTTP folds them).
+fn joined(headers: &HeaderMap, name: &HeaderName) -> Option<String> {
+    let mut values = headers.get_all(name).iter().peekable();
+    values.peek()?;
+    Some(
+        values
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+            .collect::<Vec<_>>()
+            .join(", "),
+    )
 }
 
 /// Byte-for-byte: None when equal, else where the first difference is.
@@ -121,6 +209,82 @@ fn truncate_to(mut s: String, max: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn compare_http(a: u16, body_a: &[u8], b: u16, body_b: &[u8]) -> (Outcome, Option<String>) {
+        let none = HeaderMap::new();
+        Comparator::default().compare(
+            &Answer {
+                status: a,
+                headers: &none,
+                body: body_a,
+            },
+            &Answer {
+                status: b,
+                headers: &none,
+                body: body_b,
+            },
+        )
+    }
+
+    fn comparator(headers: &[&str], ignore: &[&str]) -> Comparator {
+        let config = PlaybackConfig {
+            compare_headers: headers.iter().map(|s| s.to_string()).collect(),
+            ignore_json_paths: ignore.iter().map(|s| JsonPath::parse(s).unwrap()).collect(),
+            ..PlaybackConfig::default()
+        };
+        Comparator::new(&config).unwrap()
+    }
+
+    #[test]
+    fn chosen_headers_are_compared_and_others_are_not() {
+        let c = comparator(&["content-type"], &[]);
+        let mut a = HeaderMap::new();
+        a.insert("content-type", "application/json".parse().unwrap());
+        a.insert("date", "Mon".parse().unwrap());
+        let mut b = a.clone();
+        b.insert("date", "Tue".parse().unwrap());
+        fn answer(h: &HeaderMap) -> Answer<'_> {
+            Answer {
+                status: 200,
+                headers: h,
+                body: b"{}",
+            }
+        }
+        assert_eq!(
+            c.compare(&answer(&a), &answer(&b)),
+            (Outcome::Matched, None)
+        );
+        b.insert("content-type", "text/plain".parse().unwrap());
+        let (o, d) = c.compare(&answer(&a), &answer(&b));
+        assert_eq!(o, Outcome::Mismatched);
+        assert_eq!(
+            d.unwrap(),
+            r#"header content-type: recorded "application/json", replayed "text/plain""#
+        );
+        b.remove("content-type");
+        let (_, d) = c.compare(&answer(&a), &answer(&b));
+        assert!(d.unwrap().ends_with("replayed absent"));
+    }
+
+    #[test]
+    fn ignored_json_paths_are_left_out() {
+        let c = comparator(&[], &["$.ts", "$.items[*].id", "$.meta.trace"]);
+        let none = HeaderMap::new();
+        let answer = |body| Answer {
+            status: 200,
+            headers: &none,
+            body,
+        };
+        let a =
+            br#"{"ts":1,"items":[{"id":1,"n":"x"},{"id":2,"n":"y"}],"meta":{"trace":"a","v":1}}"#;
+        let b =
+            br#"{"ts":2,"items":[{"id":9,"n":"x"},{"id":8,"n":"y"}],"meta":{"trace":"b","v":1}}"#;
+        assert_eq!(c.compare(&answer(a), &answer(b)), (Outcome::Matched, None));
+        let b =
+            br#"{"ts":2,"items":[{"id":9,"n":"x"},{"id":8,"n":"z"}],"meta":{"trace":"b","v":1}}"#;
+        let (_, d) = c.compare(&answer(a), &answer(b));
+        assert_eq!(d.unwrap(), r#"$.items[1].n: recorded "y", replayed "z""#);
+    }
 
     #[test]
     fn equal_bytes_match() {

@@ -9,7 +9,7 @@ mod result;
 mod retry;
 mod runner;
 
-pub use compare::{compare_bytes, compare_http};
+pub use compare::{compare_bytes, Answer, Comparator};
 pub use parked::{Redrive, Redriven, MAX_REDRIVE};
 pub use replay::{Replayer, REPLAY_ID_HEADER, REPLAY_SHARD_HEADER};
 pub use result::{Attempt, Outcome, ParkedRecord, ReplayResult};

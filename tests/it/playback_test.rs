@@ -485,3 +485,57 @@ async fn a_pushed_batch_is_replayed_at_once_with_a_result_per_record() {
     );
     node.stop().await;
 }
+
+#[tokio::test]
+async fn playback_test_comparison_takes_chosen_headers_and_leaves_out_ignored_json_paths() {
+    let zone_b = FakeDownstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = support::playback_config(
+        &zone_b.url(),
+        1,
+        "127.0.0.1:9".parse().unwrap(),
+        &StoreChoice::Embedded(dir.path().into()),
+    );
+    config["sync"]["enabled"] = json!(false);
+    config["playback"] = json!({
+        "compare_headers": ["content-type"],
+        "ignore_json_paths": ["$.len", "$.sum"],
+    });
+    let node = support::start_node(config).await;
+    let b64 = |b: &[u8]| base64::Engine::encode(&base64::engine::general_purpose::STANDARD, b);
+    // Zone B answers {"method","uri","len","sum"} as application/json; the
+    // recordings differ from it only in ignored fields, or in a header.
+    let record = |id: &str, uri: &str, content_type: &str| {
+        let recorded = json!({"method": "POST", "uri": uri, "len": 99, "sum": 1}).to_string();
+        json!({
+            "id": id, "shard": 0, "captured_at_ms": 1, "duration_us": 1, "client_addr": "10.0.0.1:1",
+            "error": null,
+            "exchange": {"http": {
+                "method": "POST", "uri": uri, "version": "HTTP/1.1",
+                "request_headers": [["host", "svc"]],
+                "request_body": b64(b"hi"),
+                "status": 200,
+                "response_headers": [["content-type", content_type], ["date", "Mon, 1 Jan 2024"]],
+                "response_body": b64(recorded.as_bytes()),
+            }}
+        })
+    };
+    let batch = json!({
+        "records": [
+            record("7-0", "/same", "application/json"),
+            record("7-1", "/typed", "text/plain"),
+        ],
+        "next_id": "7-1",
+        "has_more": false,
+    });
+    let (status, answer) = post_json(&format!("http://{}/sync", node.api_addr), &batch).await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    let results = answer["results"].as_array().unwrap();
+    assert_eq!(results[0]["outcome"], "matched", "{answer}");
+    assert_eq!(results[1]["outcome"], "mismatched", "{answer}");
+    assert_eq!(
+        results[1]["detail"],
+        r#"header content-type: recorded "text/plain", replayed "application/json""#
+    );
+    node.stop().await;
+}

@@ -25,8 +25,10 @@ async fn wait_for_records(api: SocketAddr, query: &str, n: usize) -> Value {
         &format!("{n} records on /sync?{query}"),
         Duration::from_secs(20),
         || async {
-            let body = sync(api, query).await;
-            (body["records"].as_array().unwrap().len() >= n).then_some(body)
+            // A store on its way back answers 503 for a moment.
+            let (status, body) = get_json(&format!("http://{api}/sync?{query}")).await;
+            (status == StatusCode::OK && body["records"].as_array().unwrap().len() >= n)
+                .then_some(body)
         },
     )
     .await

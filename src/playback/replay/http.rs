@@ -1,0 +1,155 @@
+//! Replaying an HTTP exchange: rebuild the request, send it to zone B's
+//! target, judge the answer with the [`Comparator`](super::Comparator).
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Request};
+use http_body_util::{BodyExt, Full, Limited};
+
+use super::super::compare::{header_map, Answer};
+use super::super::Outcome;
+use super::{Failure, Replayer, REPLAY_ID_HEADER, REPLAY_SHARD_HEADER};
+use crate::proxy::headers::is_hop_by_hop;
+use crate::proxy::http::target_uri;
+use crate::record::{header_value_to_bytes, HttpExchange, Record, RecordId};
+
+type Judged = (Outcome, Option<String>, Option<u16>);
+
+impl Replayer {
+    /// Replays `http` unless it must be skipped, and judges the answer.
+    pub(super) async fn http(
+        &self,
+        record: &Record,
+        id: RecordId,
+        http: &HttpExchange,
+    ) -> Result<Judged, Failure> {
+        if let Some(reason) = skip_reason(record, http) {
+            return Ok((Outcome::Skipped, Some(reason), None));
+        }
+        let (status, headers, body) = self.replay_http(record.shard, id, http).await?;
+        if self.gateway_failure(status, http.status) {
+            return Err(Failure::transient(format!(
+                "target {} answered {status} (listed in playback.retry_statuses)",
+                self.target.authority()
+            )));
+        }
+        let recorded_headers = header_map(&http.response_headers);
+        let (outcome, diff) = self.comparator.compare(
+            &Answer {
+                status: http.status.unwrap_or(0),
+                headers: &recorded_headers,
+                body: &http.response_body,
+            },
+            &Answer {
+                status,
+                headers: &headers,
+                body: &body,
+            },
+        );
+        Ok((outcome, diff, Some(status)))
+    }
+
+    fn gateway_failure(&self, replayed: u16, recorded: Option<u16>) -> bool {
+        self.retry_statuses.contains(&replayed) && recorded != Some(replayed)
+    }
+
+    async fn replay_http(
+        &self,
+        shard: u32,
+        id: RecordId,
+        http: &HttpExchange,
+    ) -> Result<(u16, HeaderMap, Bytes), Failure> {
+        let request = self
+            .build_request(shard, id, http)
+            .map_err(Failure::permanent)?;
+        let exchange = async {
+            let response = self.client.request(request).await.map_err(|e| {
+                Failure::transient(format!(
+                    "target {}: {}",
+                    self.target.authority(),
+                    crate::proxy::root_cause(&e)
+                ))
+            })?;
+            let (parts, body) = response.into_parts();
+            let status = parts.status.as_u16();
+            let body = Limited::new(body, self.max_body_bytes)
+                .collect()
+                .await
+                .map_err(|e| {
+                    let reason = format!("reading the replayed response: {e}");
+                    if e.is::<http_body_util::LengthLimitError>() {
+                        // Delivered: another try would get the same answer.
+                        Failure::permanent(reason)
+                    } else {
+                        Failure::transient(reason)
+                    }
+                })?
+                .to_bytes();
+            Ok((status, parts.headers, body))
+        };
+        tokio::time::timeout(self.timeout, exchange)
+            .await
+            .map_err(|_| {
+                Failure::transient(format!(
+                    "no answer from {} within {:?}",
+                    self.target.authority(),
+                    self.timeout
+                ))
+            })?
+    }
+
+    fn build_request(
+        &self,
+        shard: u32,
+        id: RecordId,
+        http: &HttpExchange,
+    ) -> Result<Request<Full<Bytes>>, String> {
+        let method = Method::from_bytes(http.method.as_bytes())
+            .map_err(|_| format!("recorded method `{}` is not valid", http.method))?;
+        let uri = http
+            .uri
+            .parse()
+            .map_err(|e| format!("recorded uri `{}`: {e}", http.uri))
+            .and_then(|uri| target_uri(&self.target, &uri).map_err(|e| e.to_string()))?;
+        let mut request = Request::builder().method(method).uri(uri);
+        let headers = request.headers_mut().expect("builder is fresh");
+        for (name, value) in &http.request_headers {
+            let name = HeaderName::from_bytes(name.as_bytes())
+                .map_err(|_| format!("recorded header name `{name}` is not valid"))?;
+            if is_hop_by_hop(&name) || name == REPLAY_ID_HEADER || name == REPLAY_SHARD_HEADER {
+                continue;
+            }
+            let value = header_value_to_bytes(value)
+                .and_then(|b| HeaderValue::from_bytes(&b).ok())
+                .ok_or_else(|| format!("recorded value of header `{name}` is not valid"))?;
+            headers.append(name, value);
+        }
+        headers.insert(
+            HeaderName::from_static(REPLAY_ID_HEADER),
+            HeaderValue::from_str(&id.to_string()).expect("ids are ASCII"),
+        );
+        headers.insert(
+            HeaderName::from_static(REPLAY_SHARD_HEADER),
+            HeaderValue::from(shard),
+        );
+        request
+            .body(Full::new(http.request_body.0.clone()))
+            .map_err(|e| e.to_string())
+    }
+}
+
+/// Records that must not be replayed, and why.
+fn skip_reason(record: &Record, http: &HttpExchange) -> Option<String> {
+    if http.status.is_none() {
+        return Some(format!(
+            "zone A's downstream never answered: {}",
+            record.error.as_deref().unwrap_or("no response")
+        ));
+    }
+    if http.request_body_truncated {
+        return Some(
+            "request body was larger than record.max_body_bytes and was not recorded in full"
+                .into(),
+        );
+    }
+    None
+}

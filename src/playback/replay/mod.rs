@@ -1,0 +1,152 @@
+//! Replaying one record against zone B's target and judging the answer:
+//! the dispatch and what every protocol shares; [`http`] and [`tcp`] hold
+//! each protocol's replay (a new protocol gets a file here).
+
+mod http;
+mod tcp;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper_util::client::legacy::Client;
+use metrics::{counter, histogram};
+
+use super::compare::Comparator;
+use super::{Attempt, Outcome, ReplayResult};
+use crate::config::{Downstream, TcpPacing};
+use crate::metrics as m;
+use crate::proxy::tcp::TcpTarget;
+use crate::record::{Exchange, Record, RecordId};
+
+/// Every replayed request carries this, so a target can tell replays apart
+/// and drop duplicates. Ids are unique within a shard, so a target that
+/// drops duplicates keys on this and [`REPLAY_SHARD_HEADER`] together.
+pub const REPLAY_ID_HEADER: &str = "x-qproxy-replay-id";
+/// The shard of the replayed record.
+pub const REPLAY_SHARD_HEADER: &str = "x-qproxy-replay-shard";
+
+pub struct Replayer {
+    client: Client<crate::proxy::Connector, Full<Bytes>>,
+    target: Downstream,
+    tcp_target: Option<TcpTarget>,
+    timeout: Duration,
+    max_body_bytes: usize,
+    tcp_pacing: TcpPacing,
+    /// Replayed statuses that mean a gateway could not reach the target.
+    retry_statuses: Vec<u16>,
+    comparator: Comparator,
+}
+
+/// Why a replay did not reach its target.
+pub(super) struct Failure {
+    pub(super) reason: String,
+    /// Another try may deliver it.
+    pub(super) transient: bool,
+}
+
+impl Failure {
+    pub(super) fn transient(reason: String) -> Failure {
+        Failure {
+            reason,
+            transient: true,
+        }
+    }
+
+    pub(super) fn permanent(reason: String) -> Failure {
+        Failure {
+            reason,
+            transient: false,
+        }
+    }
+}
+
+impl Replayer {
+    /// Replays HTTP records against `target` (an https one with `tls`) and
+    /// TCP sessions against `tcp_target`, when there is one.
+    pub fn new(
+        target: Downstream,
+        tcp_target: Option<TcpTarget>,
+        timeout: Duration,
+        max_body_bytes: usize,
+        tls: Arc<rustls::ClientConfig>,
+    ) -> Replayer {
+        Replayer {
+            client: crate::proxy::pooled_client(tls),
+            target,
+            tcp_target,
+            timeout,
+            max_body_bytes,
+            tcp_pacing: TcpPacing::Fast,
+            retry_statuses: Vec::new(),
+            comparator: Comparator::default(),
+        }
+    }
+
+    /// How replayed HTTP answers are judged.
+    pub fn with_comparator(mut self, comparator: Comparator) -> Replayer {
+        self.comparator = comparator;
+        self
+    }
+
+    /// Replayed statuses (e.g. 502, 503, 504 from a gateway) that count as
+    /// not delivered, unless zone A's downstream answered the same.
+    pub fn with_retry_statuses(mut self, statuses: Vec<u16>) -> Replayer {
+        self.retry_statuses = statuses;
+        self
+    }
+
+    /// How TCP sessions are paced (fast by default).
+    pub fn with_tcp_pacing(mut self, pacing: TcpPacing) -> Replayer {
+        self.tcp_pacing = pacing;
+        self
+    }
+
+    /// One try at replaying `record`, judged against its recording.
+    pub async fn replay(&self, record: &Record) -> Attempt {
+        let started = Instant::now();
+        let id = record.id.unwrap_or(RecordId::ZERO);
+        let protocol = record.protocol().as_str();
+        let mut transient = false;
+        let judged = match &record.exchange {
+            Exchange::Http(http) => self.http(record, id, http).await,
+            Exchange::Tcp(tcp) => self.tcp(record, tcp).await.map(|(o, d)| (o, d, None)),
+        };
+        let (outcome, detail, replayed_status) = match judged {
+            Ok(judged) => judged,
+            Err(f) => {
+                transient = f.transient;
+                (Outcome::Failed, Some(f.reason), None)
+            }
+        };
+        let (method, uri, recorded_status) = match &record.exchange {
+            Exchange::Http(h) => (h.method.clone(), h.uri.clone(), h.status),
+            Exchange::Tcp(t) => ("TCP".to_string(), t.downstream.clone(), None),
+        };
+        let elapsed = started.elapsed();
+        counter!(m::REPLAYS_TOTAL, "protocol" => protocol, "result" => outcome.as_str())
+            .increment(1);
+        histogram!(m::REPLAY_DURATION_SECONDS, "protocol" => protocol)
+            .record(elapsed.as_secs_f64());
+        let now = crate::clock::now_ms();
+        histogram!(m::REPLAY_LAG_SECONDS)
+            .record(now.saturating_sub(record.captured_at_ms) as f64 / 1000.0);
+        Attempt {
+            result: ReplayResult {
+                record_id: id,
+                shard: record.shard,
+                outcome,
+                detail,
+                replayed_at_ms: now,
+                duration_us: elapsed.as_micros() as u64,
+                method,
+                uri,
+                recorded_status,
+                replayed_status,
+                attempts: 1,
+            },
+            transient,
+        }
+    }
+}
