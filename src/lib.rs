@@ -31,6 +31,7 @@ pub mod clock;
 pub mod config;
 pub mod demo;
 pub mod metrics;
+pub mod model;
 pub mod mqtt_client;
 pub mod node;
 pub mod playback;

@@ -5,13 +5,12 @@
 mod compare;
 mod parked;
 mod replay;
-mod result;
 mod retry;
 mod runner;
 
+pub use crate::model::replay::{Attempt, Outcome, ParkedRecord, ReplayResult};
 pub use compare::{compare_bytes, Answer, Comparator};
 pub use parked::{Redrive, Redriven, MAX_REDRIVE};
 pub use replay::{Replayer, REPLAY_ID_HEADER, REPLAY_SHARD_HEADER};
-pub use result::{Attempt, Outcome, ParkedRecord, ReplayResult};
 pub use retry::{RetryPolicy, Retrying};
 pub use runner::{PlaybackStats, SyncLink, SyncRunner, Transport, WaitingOn};

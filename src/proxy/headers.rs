@@ -2,18 +2,7 @@
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
-/// Headers that describe one connection and must not be forwarded.
-pub fn is_hop_by_hop(name: &HeaderName) -> bool {
-    name == header::CONNECTION
-        || name == header::TE
-        || name == header::TRAILER
-        || name == header::TRANSFER_ENCODING
-        || name == header::UPGRADE
-        || name == header::PROXY_AUTHORIZATION
-        || name == header::PROXY_AUTHENTICATE
-        || name.as_str() == "keep-alive"
-        || name.as_str() == "proxy-connection"
-}
+pub use crate::model::headers::is_hop_by_hop;
 
 /// Removes hop-by-hop headers, including those that `Connection` names.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {

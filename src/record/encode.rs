@@ -15,7 +15,7 @@ use serde::Serialize;
 
 use super::capture::{BodyBuf, RawExchange};
 use super::{header_value_text, text_in};
-use crate::proxy::headers::is_hop_by_hop;
+use crate::model::headers::is_hop_by_hop;
 
 /// What a redacted header value is stored as.
 pub const REDACTED: &str = "[redacted]";
