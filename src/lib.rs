@@ -15,11 +15,12 @@
 //!   [`record::recorder::Recorder`].
 //! - [`store`] — the [`store::Store`] trait: Redis Streams or embedded redb.
 //! - [`sync`] — batches, commits and checkpoints between zones; the
+//!   ledger (the one set of rules for commits, peers and rewinds), the
 //!   Playback node's HTTP client, and the MQTT fabric (notify, query,
 //!   QoS 1 commits).
 //! - [`playback`] — replay, compare, and the per-shard pull loop.
 //! - [`api`] — the sync and admin listener (`/sync`, `/commit`, `/health`,
-//!   `/api/status`, `/api/replays`, `/metrics`).
+//!   `/api/status`, `/api/checkpoints`, `/api/replays`, `/metrics`).
 //! - [`mqtt_client`] — the public MQTT 3.1.1 client (publish, subscribe,
 //!   query) the sync fabric is built on; [`broker`] — the embedded broker.
 //! - [`metrics`] — metric names and the Prometheus exporter.

@@ -252,10 +252,18 @@ async fn run(
         .as_ref()
         .filter(|_| recording)
         .map(|_| Arc::new(ShardSignal::new(config.sync.shards)));
-    if let (Some(client), Mode::Record) = (&mqtt, config.mode) {
+    let ledger = (config.mode == Mode::Record).then(|| {
+        Arc::new(crate::sync::ledger::Ledger::new(
+            store.clone(),
+            config.sync.shards,
+            &config.sync,
+        ))
+    });
+    if let (Some(client), Some(ledger)) = (&mqtt, &ledger) {
         let serving = serve_record_side(
             client.clone(),
             store.clone(),
+            ledger.clone(),
             topics.clone(),
             signal
                 .clone()
@@ -362,6 +370,8 @@ async fn run(
                 results_kept: config.playback.results_retention_len,
                 parked_down_threshold: config.playback.parked_down_threshold,
                 redrive: tokio::sync::Mutex::new(()),
+                max_push_bytes: config.playback.max_push_bytes,
+                pushes: tokio::sync::Semaphore::new(crate::api::MAX_CONCURRENT_PUSHES),
             });
         }
     }
@@ -420,6 +430,7 @@ async fn run(
         store: store.clone(),
         uses_redis: config.redis.is_some(),
         recorder: recorder_stats,
+        ledger,
         playback,
         mqtt: mqtt.clone(),
         started: Instant::now(),

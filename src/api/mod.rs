@@ -1,7 +1,8 @@
 //! The sync and admin API, on its own listener (`api`, default
 //! 127.0.0.1:8084) so a proxied application keeps its own `/health`.
 //!
-//! Record node: `GET /sync`, `POST /commit`. Playback node: `POST /sync`,
+//! Record node: `GET /sync`, `POST /commit`, `GET`/`PUT /api/checkpoints`.
+//! Playback node: `POST /sync`,
 //! `GET /api/replays`, `GET /api/replays/parked`, `POST /api/replays/retry`.
 //! Both: `GET /health`, `GET /api/status`,
 //! `GET /metrics`. With `api.auth_token` set, everything but `/health`
@@ -29,8 +30,9 @@ use crate::record::recorder::RecorderStats;
 use crate::record::RecordId;
 use crate::server::Handler;
 use crate::store::{ReplayWrite, Store, StoreError};
+use crate::sync::ledger::{Ledger, Refused};
 use crate::sync::source::{read_batch, PullRequest};
-use crate::sync::{Checkpoint, CommitRequest, ShardId, SyncBatch};
+use crate::sync::{CommitRequest, ShardId, SyncBatch};
 
 /// Most records one `GET /sync` returns.
 pub use crate::config::MAX_SYNC_LIMIT;
@@ -40,8 +42,13 @@ pub const DEFAULT_SYNC_LIMIT: usize = 100;
 /// always holds at least one record).
 const MAX_SYNC_BYTES: usize = 32 << 20;
 const MAX_COMMIT_BODY: usize = 64 << 10;
-const MAX_PUSH_BODY: usize = 1 << 30;
 const MSGPACK: &str = "application/msgpack";
+/// `POST /sync` replays at most this many pushed batches at once; one more
+/// is refused at once rather than held in memory while it waits.
+pub const MAX_CONCURRENT_PUSHES: usize = 2;
+/// `/api/status` lists at most this many checkpoints (all of them:
+/// `GET /api/checkpoints`).
+const STATUS_CHECKPOINTS: usize = 100;
 
 /// What the Playback side of the API needs.
 pub struct PlaybackApi {
@@ -54,6 +61,10 @@ pub struct PlaybackApi {
     pub parked_down_threshold: u64,
     /// One re-drive at a time, so no parked record is replayed twice at once.
     pub redrive: tokio::sync::Mutex<()>,
+    /// `playback.max_push_bytes`: the largest `POST /sync` body.
+    pub max_push_bytes: usize,
+    /// [`MAX_CONCURRENT_PUSHES`] permits.
+    pub pushes: tokio::sync::Semaphore,
 }
 
 pub struct ApiState {
@@ -63,6 +74,8 @@ pub struct ApiState {
     pub store: Arc<dyn Store>,
     pub uses_redis: bool,
     pub recorder: Option<Arc<RecorderStats>>,
+    /// Record node: peers and the rules of their checkpoints.
+    pub ledger: Option<Arc<Ledger>>,
     pub playback: Option<PlaybackApi>,
     pub mqtt: Option<Arc<MqttClient>>,
     pub started: Instant,
@@ -81,6 +94,18 @@ struct Refusal(StatusCode, String);
 impl Refusal {
     fn bad(message: impl Into<String>) -> Refusal {
         Refusal(StatusCode::BAD_REQUEST, message.into())
+    }
+}
+
+impl From<Refused> for Refusal {
+    fn from(e: Refused) -> Refusal {
+        let status = match e {
+            Refused::BadPeer(_) | Refused::NoSuchShard { .. } => StatusCode::BAD_REQUEST,
+            Refused::EmptyShard { .. } | Refused::BeyondData { .. } => StatusCode::CONFLICT,
+            Refused::TooManyPeers { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Refused::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
+        };
+        Refusal(status, e.to_string())
     }
 }
 
@@ -113,13 +138,20 @@ impl Api {
             (&Method::GET, "/metrics", _) => Ok(text(StatusCode::OK, crate::metrics::render())),
             (&Method::GET, "/sync", Mode::Record) => self.pull(&req).await,
             (&Method::POST, "/commit", Mode::Record) => self.commit(req).await,
+            (&Method::GET, "/api/checkpoints", Mode::Record) => self.checkpoints(&req).await,
+            (&Method::PUT, "/api/checkpoints", Mode::Record) => self.rewind(req).await,
             (&Method::POST, "/sync", Mode::Playback) => self.push(req).await,
             (&Method::GET, "/api/replays", Mode::Playback) => self.replays(&req).await,
             (&Method::GET, "/api/replays/parked", Mode::Playback) => self.parked(&req).await,
             (&Method::POST, "/api/replays/retry", Mode::Playback) => self.redrive(req).await,
             (
                 _,
-                "/sync" | "/commit" | "/api/replays" | "/api/replays/parked" | "/api/replays/retry",
+                "/sync"
+                | "/commit"
+                | "/api/checkpoints"
+                | "/api/replays"
+                | "/api/replays/parked"
+                | "/api/replays/retry",
                 _,
             ) => Err(Refusal(
                 StatusCode::METHOD_NOT_ALLOWED,
@@ -193,8 +225,16 @@ impl Api {
         };
         let start = time("start", &mut q)?;
         let end = time("end", &mut q)?;
-        q.finish(&["peer_id", "shard_id", "limit", "after", "start", "end"])
-            .map_err(Refusal::bad)?;
+        let rewind = q
+            .take("rewind")
+            .map(|s| s.parse::<u64>())
+            .transpose()
+            .map_err(|e| Refusal::bad(format!("rewind: {e}")))?;
+        q.finish(&[
+            "peer_id", "shard_id", "limit", "after", "start", "end", "rewind",
+        ])
+        .map_err(Refusal::bad)?;
+        self.ledger().admit(&peer_id).await?;
 
         let request = PullRequest {
             peer_id,
@@ -203,9 +243,17 @@ impl Api {
             after,
             start_ms: start,
             end_ms: end,
+            rewind,
         };
         let batch = read_batch(self.state.store.as_ref(), &request, MAX_SYNC_BYTES).await?;
         Ok(encode(req.headers(), StatusCode::OK, &batch))
+    }
+
+    fn ledger(&self) -> &Ledger {
+        self.state
+            .ledger
+            .as_deref()
+            .expect("record nodes have a ledger")
     }
 
     /// `POST /commit` with the original README's body.
@@ -213,17 +261,76 @@ impl Api {
         let body = read_body(req, MAX_COMMIT_BODY).await?;
         let commit: CommitRequest =
             serde_json::from_slice(&body).map_err(|e| Refusal::bad(format!("commit body: {e}")))?;
-        if !valid_peer_id(&commit.peer_id) {
-            return Err(Refusal::bad(format!(
-                "peer_id `{}`: use 1 to 128 letters, digits, `-`, `_` or `.`",
-                commit.peer_id
-            )));
+        let count = |result| {
+            metrics::counter!(crate::metrics::COMMITS_TOTAL, "transport" => "http", "result" => result)
+                .increment(1)
+        };
+        match self.ledger().commit(commit).await {
+            Ok(stored) => {
+                count("ok");
+                Ok(json_response(StatusCode::OK, &stored))
+            }
+            Err(e) => {
+                if !matches!(e, Refused::Store(_)) {
+                    count("refused");
+                }
+                Err(e.into())
+            }
         }
-        self.shard(commit.shard_id)?;
-        let checkpoint = Checkpoint::from_commit(&commit, crate::clock::now_ms());
-        let stored = self.state.store.commit(checkpoint).await?;
-        metrics::counter!(crate::metrics::COMMITS_TOTAL, "transport" => "http", "result" => "ok")
-            .increment(1);
+    }
+
+    /// `GET /api/checkpoints?peer_id=&shard=&limit=&offset=`: checkpoints by
+    /// shard, then peer.
+    async fn checkpoints(&self, req: &Request<Incoming>) -> Result<ApiResponse, Refusal> {
+        let mut q = Query::parse(req.uri().query().unwrap_or("")).map_err(Refusal::bad)?;
+        let peer = q.take("peer_id");
+        let shard = q
+            .take("shard")
+            .map(|s| {
+                ShardId::parse(&s)
+                    .map_err(Refusal::bad)
+                    .and_then(|id| self.shard(id))
+            })
+            .transpose()?;
+        let limit = take_limit(&mut q, STATUS_CHECKPOINTS)?;
+        let offset = q
+            .take("offset")
+            .map(|s| s.parse::<usize>())
+            .transpose()
+            .map_err(|_| Refusal::bad("offset must be a number from 0"))?
+            .unwrap_or(0);
+        q.finish(&["peer_id", "shard", "limit", "offset"])
+            .map_err(Refusal::bad)?;
+        let mut all = self.state.store.checkpoints(self.state.shards).await?;
+        all.retain(|c| {
+            peer.as_ref().is_none_or(|p| c.peer_id == *p) && shard.is_none_or(|s| c.shard == s)
+        });
+        all.sort_by(|a, b| (a.shard, &a.peer_id).cmp(&(b.shard, &b.peer_id)));
+        let total = all.len();
+        let page: Vec<_> = all.into_iter().skip(offset).take(limit).collect();
+        Ok(json_response(
+            StatusCode::OK,
+            &json!({ "checkpoints": page, "total": total }),
+        ))
+    }
+
+    /// `PUT /api/checkpoints` with `{"peer_id", "shard_id", "last_record_id"}`:
+    /// an operator moves a peer's checkpoint, backwards too.
+    async fn rewind(&self, req: Request<Incoming>) -> Result<ApiResponse, Refusal> {
+        #[derive(serde::Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Move {
+            peer_id: String,
+            shard_id: ShardId,
+            last_record_id: RecordId,
+        }
+        let body = read_body(req, MAX_COMMIT_BODY).await?;
+        let to: Move = serde_json::from_slice(&body)
+            .map_err(|e| Refusal::bad(format!("checkpoint body: {e}")))?;
+        let stored = self
+            .ledger()
+            .rewind(&to.peer_id, to.shard_id, to.last_record_id)
+            .await?;
         Ok(json_response(StatusCode::OK, &stored))
     }
 
@@ -234,15 +341,49 @@ impl Api {
             .playback
             .as_ref()
             .expect("playback nodes have a replayer");
+        let Ok(_permit) = playback.pushes.try_acquire() else {
+            return Err(Refusal(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!(
+                    "{MAX_CONCURRENT_PUSHES} pushed batches are being replayed at once already; \
+                     push again when one is done"
+                ),
+            ));
+        };
+        let limit = playback.max_push_bytes;
+        let too_large = || {
+            Refusal(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!(
+                    "the batch is larger than playback.max_push_bytes ({limit} bytes); push smaller batches"
+                ),
+            )
+        };
+        let declared = req
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|n| n > limit as u64) {
+            return Err(too_large());
+        }
         let is_msgpack = content_type_is(req.headers(), MSGPACK);
         let accept = req.headers().clone();
-        let body = read_body(req, MAX_PUSH_BODY).await?;
+        let body = read_body_sized(req, limit, declared).await.map_err(|e| {
+            if e.0 == StatusCode::PAYLOAD_TOO_LARGE {
+                too_large()
+            } else {
+                e
+            }
+        })?;
         let batch: SyncBatch = if is_msgpack {
             rmp_serde::from_slice(&body)
                 .map_err(|e| Refusal::bad(format!("sync batch (msgpack): {e}")))?
         } else {
             serde_json::from_slice(&body).map_err(|e| Refusal::bad(format!("sync batch: {e}")))?
         };
+        // The records hold their own copies: the raw body can go before replay.
+        drop(body);
         for (i, record) in batch.records.iter().enumerate() {
             if record.id.is_none() {
                 return Err(Refusal::bad(format!("records[{i}] has no id")));
@@ -534,7 +675,14 @@ impl Api {
                 "write_errors": rec.write_errors.load(Ordering::Relaxed),
             });
             if store_up.is_ok() {
-                body["checkpoints"] = json!(state.store.checkpoints(state.shards).await?);
+                let mut all = state.store.checkpoints(state.shards).await?;
+                all.sort_by(|a, b| (a.shard, &a.peer_id).cmp(&(b.shard, &b.peer_id)));
+                body["checkpoints_total"] = json!(all.len());
+                all.truncate(STATUS_CHECKPOINTS);
+                body["checkpoints"] = json!(all);
+            }
+            if let Some(ledger) = &state.ledger {
+                body["commits_refused"] = json!(ledger.refused());
             }
         }
         if let Some(pb) = &state.playback {
@@ -653,6 +801,31 @@ async fn read_body(req: Request<Incoming>, limit: usize) -> Result<Bytes, Refusa
                 Refusal::bad(format!("cannot read the body: {e}"))
             }
         })
+}
+
+/// Reads a large body into one buffer sized by its `Content-Length`: one
+/// copy in memory rather than the chunks plus their concatenation.
+async fn read_body_sized(
+    req: Request<Incoming>,
+    limit: usize,
+    declared: Option<u64>,
+) -> Result<Bytes, Refusal> {
+    let capacity = declared.map_or(0, |n| n.min(limit as u64) as usize);
+    let mut buf = bytes::BytesMut::with_capacity(capacity);
+    let mut body = req.into_body();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| Refusal::bad(format!("cannot read the body: {e}")))?;
+        if let Ok(data) = frame.into_data() {
+            if buf.len() + data.len() > limit {
+                return Err(Refusal(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    format!("body is larger than {limit} bytes"),
+                ));
+            }
+            buf.extend_from_slice(&data);
+        }
+    }
+    Ok(buf.freeze())
 }
 
 fn json_response<T: Serialize>(status: StatusCode, value: &T) -> ApiResponse {

@@ -221,6 +221,15 @@ pub struct SyncConfig {
     /// Records per pull.
     #[serde(default = "default_sync_batch")]
     pub batch_size: usize,
+    /// Record node: distinct peers it serves (by pull or commit); a new
+    /// peer beyond them is refused, so made-up peers cannot grow it.
+    #[serde(default = "default_max_peers")]
+    pub max_peers: usize,
+    /// Record node: a peer not seen (no pull, no commit) for this long is
+    /// forgotten, checkpoints and all, when a new peer needs its place
+    /// (0: never).
+    #[serde(default = "default_peer_expiry_secs")]
+    pub peer_expiry_secs: u64,
 }
 
 impl Default for SyncConfig {
@@ -232,6 +241,8 @@ impl Default for SyncConfig {
             peer: None,
             peer_id: default_peer_id(),
             batch_size: default_sync_batch(),
+            max_peers: default_max_peers(),
+            peer_expiry_secs: default_peer_expiry_secs(),
         }
     }
 }
@@ -419,6 +430,10 @@ pub struct PlaybackConfig {
     /// `$.items[*].id`).
     #[serde(default)]
     pub ignore_json_paths: Vec<JsonPath>,
+    /// The largest body `POST /sync` reads: the whole batch is in memory
+    /// while it is decoded.
+    #[serde(default = "default_max_push_bytes")]
+    pub max_push_bytes: usize,
 }
 
 impl Default for PlaybackConfig {
@@ -433,6 +448,7 @@ impl Default for PlaybackConfig {
             parked_down_threshold: default_parked_down_threshold(),
             compare_headers: Vec::new(),
             ignore_json_paths: Vec::new(),
+            max_push_bytes: default_max_push_bytes(),
         }
     }
 }
@@ -678,6 +694,15 @@ fn default_peer_id() -> String {
 fn default_sync_batch() -> usize {
     200
 }
+fn default_max_peers() -> usize {
+    64
+}
+fn default_peer_expiry_secs() -> u64 {
+    30 * 24 * 3600
+}
+fn default_max_push_bytes() -> usize {
+    64 << 20
+}
 fn default_peer_timeout_ms() -> u64 {
     10_000
 }
@@ -733,6 +758,12 @@ pub const MAX_SHARDS: u32 = 1024;
 /// Most records one pull asks for: `GET /sync?limit=` refuses more, so a
 /// larger `sync.batch_size` would have every pull refused.
 pub const MAX_SYNC_LIMIT: usize = 10_000;
+
+/// Most `sync.max_peers`: every peer may hold a checkpoint per shard.
+pub const MAX_PEERS: usize = 100_000;
+/// Bounds of `playback.max_push_bytes`.
+pub const MIN_PUSH_BYTES: usize = 1 << 10;
+pub const MAX_PUSH_BYTES: usize = 1 << 30;
 
 /// Longest `sync.interval` and replay or peer timeout: an hour. More is
 /// a typo, and near `u64::MAX` the timer overflows and sync stops.
@@ -923,6 +954,21 @@ impl Config {
                         .into(),
                 ));
             }
+        }
+        if !(1..=MAX_PEERS).contains(&self.sync.max_peers) {
+            return Err(invalid(
+                "sync.max_peers",
+                format!("must be 1 to {MAX_PEERS}, not {}", self.sync.max_peers),
+            ));
+        }
+        if !(MIN_PUSH_BYTES..=MAX_PUSH_BYTES).contains(&self.playback.max_push_bytes) {
+            return Err(invalid(
+                "playback.max_push_bytes",
+                format!(
+                    "must be {MIN_PUSH_BYTES} (1 KiB) to {MAX_PUSH_BYTES} (1 GiB), not {}",
+                    self.playback.max_push_bytes
+                ),
+            ));
         }
         if self.playback.max_attempts == 0 {
             return Err(invalid(

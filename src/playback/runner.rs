@@ -181,6 +181,7 @@ impl SyncLink {
                         request.shard,
                         request.limit,
                         request.after,
+                        request.rewind,
                     )
                     .await?;
                 Ok((batch, Transport::Http))
@@ -269,9 +270,11 @@ impl SyncRunner {
         // The record this shard waits on, when one did not reach its target.
         let mut retrying: Option<Retrying> = None;
         let mut last_error: Option<String> = None;
+        // The Record node's last rewind of this shard that was seen.
+        let mut rewind: Option<u64> = None;
         loop {
             let round = tokio::select! {
-                r = self.round(shard, cursor, prefetched.take(), &mut retrying) => r,
+                r = self.round(shard, cursor, prefetched.take(), &mut retrying, &mut rewind) => r,
                 _ = shutdown.cancelled() => return,
             };
             self.stats.sync_ok.store(round.is_ok(), Ordering::Relaxed);
@@ -397,18 +400,36 @@ impl SyncRunner {
         after: Option<RecordId>,
         prefetched: Option<(SyncBatch, Transport)>,
         retrying: &mut Option<Retrying>,
+        rewind: &mut Option<u64>,
     ) -> Result<RoundDone, RoundError> {
-        let request = PullRequest {
+        let mut request = PullRequest {
             peer_id: self.peer_id.clone(),
             shard,
             limit: self.batch_size,
             after,
             start_ms: None,
             end_ms: None,
+            rewind: *rewind,
         };
         let (batch, transport) = match prefetched {
             Some(pulled) => pulled,
             None => self.link.pull(&request).await?,
+        };
+        // An operator moved the checkpoint back: replay from there again.
+        let after = match (batch.rewound_to, batch.rewind) {
+            (Some(to), Some(id)) if *rewind != Some(id) => {
+                info!(shard, to = %to, "checkpoint rewound on the Record node; replaying from there again");
+                self.store
+                    .save_replays(ReplayWrite {
+                        upto: Some(to),
+                        ..ReplayWrite::results(&self.peer_id, shard, &[], self.results_kept)
+                    })
+                    .await?;
+                *rewind = Some(id);
+                request.rewind = Some(id);
+                Some(to)
+            }
+            _ => after,
         };
         self.stats
             .transport
@@ -519,6 +540,7 @@ impl SyncRunner {
             status,
             retry_count,
             error_message,
+            rewind: *rewind,
         };
         let transport = self.link.commit(&commit).await?;
         self.stats.commits.fetch_add(1, Ordering::Relaxed);

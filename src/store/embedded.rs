@@ -482,6 +482,39 @@ impl super::Store for EmbeddedStore {
         .await
     }
 
+    async fn set_checkpoint(&self, checkpoint: Checkpoint) -> Result<(), StoreError> {
+        self.writing(move |_, db| {
+            let txn = db.begin_write().map_err(err)?;
+            {
+                let mut table = txn.open_table(CHECKPOINTS).map_err(err)?;
+                let json = serde_json::to_vec(&checkpoint).expect("checkpoints always encode");
+                table
+                    .insert(
+                        (checkpoint.peer_id.as_str(), checkpoint.shard),
+                        json.as_slice(),
+                    )
+                    .map_err(err)?;
+            }
+            txn.commit().map_err(err)
+        })
+        .await
+    }
+
+    async fn forget_peer(&self, peer: &str, shards: u32) -> Result<(), StoreError> {
+        let peer = peer.to_owned();
+        self.writing(move |_, db| {
+            let txn = db.begin_write().map_err(err)?;
+            {
+                let mut table = txn.open_table(CHECKPOINTS).map_err(err)?;
+                for shard in 0..shards {
+                    table.remove((peer.as_str(), shard)).map_err(err)?;
+                }
+            }
+            txn.commit().map_err(err)
+        })
+        .await
+    }
+
     async fn save_replays(&self, write: ReplayWrite<'_>) -> Result<(), StoreError> {
         let peer = write.peer.to_owned();
         let shard = write.shard;

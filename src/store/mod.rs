@@ -172,6 +172,13 @@ pub trait Store: Send + Sync + 'static {
     /// ([`Checkpoint::merge`]); returns what is stored afterwards.
     async fn commit(&self, checkpoint: Checkpoint) -> Result<Checkpoint, StoreError>;
 
+    /// Stores `checkpoint` as it is, backwards too: an operator's rewind,
+    /// where [`Store::commit`] would refuse to move back.
+    async fn set_checkpoint(&self, checkpoint: Checkpoint) -> Result<(), StoreError>;
+
+    /// Removes `peer`'s checkpoints on shards `0..shards` (an expired peer).
+    async fn forget_peer(&self, peer: &str, shards: u32) -> Result<(), StoreError>;
+
     /// Playback side: keeps what one replay round did, all in one write.
     async fn save_replays(&self, write: ReplayWrite<'_>) -> Result<(), StoreError>;
 

@@ -43,11 +43,18 @@ pub struct RedisStore {
 /// may still have happened, and writing it again would duplicate records.
 const RESPONSE_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Moves a checkpoint only forwards; returns the stored JSON.
+/// Moves a checkpoint only forwards, and a rewound one only for a commit
+/// that carries its rewind (ARGV[5], "" for none), as `Checkpoint::merge`;
+/// returns the stored JSON.
 const COMMIT_LUA: &str = r#"
 local cur = redis.call('HGET', KEYS[1], ARGV[1])
 if cur then
-  local ms, seq = string.match(cjson.decode(cur)['last_record_id'], '^(%d+)-(%d+)$')
+  local c = cjson.decode(cur)
+  local rewind = c['rewind']
+  if rewind and rewind ~= cjson.null and string.format('%d', rewind) ~= ARGV[5] then
+    return cur
+  end
+  local ms, seq = string.match(c['last_record_id'], '^(%d+)-(%d+)$')
   local cms, cseq, nms, nseq = tonumber(ms), tonumber(seq), tonumber(ARGV[2]), tonumber(ARGV[3])
   if cms > nms or (cms == nms and cseq > nseq) then
     return cur
@@ -357,17 +364,47 @@ impl super::Store for RedisStore {
     }
 
     async fn commit(&self, checkpoint: Checkpoint) -> Result<Checkpoint, StoreError> {
-        let json = serde_json::to_string(&checkpoint).expect("checkpoints always encode");
+        let seen = checkpoint.rewind.map_or(String::new(), |r| r.to_string());
+        // What is stored when the commit moves it.
+        let moved = Checkpoint {
+            rewind: None,
+            ..checkpoint
+        };
+        let json = serde_json::to_string(&moved).expect("checkpoints always encode");
         let stored: String = self
             .commit_script
-            .key(self.key(checkpoint.shard, "checkpoints"))
-            .arg(&checkpoint.peer_id)
-            .arg(checkpoint.last_record_id.ms)
-            .arg(checkpoint.last_record_id.seq)
+            .key(self.key(moved.shard, "checkpoints"))
+            .arg(&moved.peer_id)
+            .arg(moved.last_record_id.ms)
+            .arg(moved.last_record_id.seq)
             .arg(json)
+            .arg(seen)
             .invoke_async(&mut self.conn())
             .await?;
-        Ok(serde_json::from_str(&stored).unwrap_or(checkpoint))
+        Ok(serde_json::from_str(&stored).unwrap_or(moved))
+    }
+
+    async fn set_checkpoint(&self, checkpoint: Checkpoint) -> Result<(), StoreError> {
+        let json = serde_json::to_string(&checkpoint).expect("checkpoints always encode");
+        let _added: i64 = redis::cmd("HSET")
+            .arg(self.key(checkpoint.shard, "checkpoints"))
+            .arg(&checkpoint.peer_id)
+            .arg(json)
+            .query_async(&mut self.conn())
+            .await?;
+        Ok(())
+    }
+
+    async fn forget_peer(&self, peer: &str, shards: u32) -> Result<(), StoreError> {
+        let mut pipe = redis::pipe();
+        for shard in 0..shards {
+            pipe.cmd("HDEL")
+                .arg(self.key(shard, "checkpoints"))
+                .arg(peer)
+                .ignore();
+        }
+        let () = pipe.query_async(&mut self.conn()).await?;
+        Ok(())
     }
 
     async fn save_replays(&self, write: ReplayWrite<'_>) -> Result<(), StoreError> {

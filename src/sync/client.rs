@@ -54,17 +54,23 @@ impl PeerClient {
     }
 
     /// Records of `shard` after `after` (or, without it, after `peer_id`'s
-    /// committed checkpoint), as MessagePack.
+    /// committed checkpoint), as MessagePack; `rewind` is the operator's
+    /// rewind this peer has seen (sent only when there is one, so an older
+    /// Record node is not asked a parameter it does not know).
     pub async fn pull(
         &self,
         peer_id: &str,
         shard: u32,
         limit: usize,
         after: Option<RecordId>,
+        rewind: Option<u64>,
     ) -> Result<SyncBatch, PeerError> {
         let mut path = format!("/sync?peer_id={peer_id}&shard_id={shard}&limit={limit}");
         if let Some(after) = after {
             path.push_str(&format!("&after={after}"));
+        }
+        if let Some(rewind) = rewind {
+            path.push_str(&format!("&rewind={rewind}"));
         }
         let body = self.call(Method::GET, &path, Bytes::new()).await?;
         rmp_serde::from_slice(&body).map_err(|e| PeerError::Decode {

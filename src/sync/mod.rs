@@ -5,6 +5,7 @@
 //! [`client`] (pulling).
 
 pub mod client;
+pub mod ledger;
 pub mod mqtt;
 pub mod source;
 
@@ -22,6 +23,14 @@ pub struct SyncBatch {
     pub next_id: Option<RecordId>,
     /// More records follow `next_id` right now.
     pub has_more: bool,
+    /// An operator moved the peer's checkpoint back to here: the batch
+    /// starts after it, and the peer replays from it again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rewound_to: Option<RecordId>,
+    /// That rewind's id, which the peer's next pulls and commits carry to
+    /// say it has seen it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rewind: Option<u64>,
 }
 
 /// A shard as the API names it: a number, or `default` for shard 0.
@@ -88,6 +97,10 @@ pub struct CommitRequest {
     pub retry_count: u32,
     #[serde(default)]
     pub error_message: String,
+    /// The operator's rewind this peer has seen ([`SyncBatch::rewind`]);
+    /// only such a commit moves a rewound checkpoint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rewind: Option<u64>,
 }
 
 /// Where a peer stands on a shard: everything up to `last_record_id` is done.
@@ -102,6 +115,10 @@ pub struct Checkpoint {
     pub error_message: String,
     /// Unix milliseconds when the Record node took the commit.
     pub committed_at_ms: u64,
+    /// Stored: an operator's rewind the peer has not seen yet. On an
+    /// incoming commit: the rewind the peer has seen.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rewind: Option<u64>,
 }
 
 impl Checkpoint {
@@ -115,16 +132,24 @@ impl Checkpoint {
             retry_count: req.retry_count,
             error_message: req.error_message.clone(),
             committed_at_ms: now_ms,
+            rewind: req.rewind,
         }
     }
 
     /// The stored checkpoint after `incoming` arrives when `current` was
-    /// stored: the position never moves backwards, and a stale commit
-    /// changes nothing.
+    /// stored: the position never moves backwards, a stale commit changes
+    /// nothing, and neither does a commit sent before the peer saw an
+    /// operator's rewind (it would undo the rewind).
     pub fn merge(current: Option<Checkpoint>, incoming: Checkpoint) -> Checkpoint {
         match current {
+            Some(current) if current.rewind.is_some() && current.rewind != incoming.rewind => {
+                current
+            }
             Some(current) if current.last_record_id > incoming.last_record_id => current,
-            _ => incoming,
+            _ => Checkpoint {
+                rewind: None,
+                ..incoming
+            },
         }
     }
 }
@@ -179,6 +204,7 @@ mod tests {
             retry_count: 0,
             error_message: String::new(),
             committed_at_ms: 0,
+            rewind: None,
         };
         let merged = Checkpoint::merge(
             Some(at("5-0", CommitStatus::Completed)),
@@ -192,5 +218,28 @@ mod tests {
         assert_eq!(merged.status, CommitStatus::Failed);
         let merged = Checkpoint::merge(None, at("1-0", CommitStatus::Completed));
         assert_eq!(merged.last_record_id, RecordId::new(1, 0));
+    }
+
+    #[test]
+    fn a_rewound_checkpoint_moves_only_for_a_peer_that_saw_the_rewind() {
+        let at = |id: &str, rewind| Checkpoint {
+            peer_id: "p".into(),
+            shard: 0,
+            last_record_id: id.parse().unwrap(),
+            last_sync_time: 0,
+            status: CommitStatus::Pending,
+            retry_count: 0,
+            error_message: String::new(),
+            committed_at_ms: 0,
+            rewind,
+        };
+        let rewound = at("5-0", Some(7));
+        let stale = Checkpoint::merge(Some(rewound.clone()), at("10-0", None));
+        assert_eq!(stale, rewound, "sent before the peer saw the rewind");
+        let other = Checkpoint::merge(Some(rewound.clone()), at("10-0", Some(6)));
+        assert_eq!(other, rewound, "an older rewind");
+        let seen = Checkpoint::merge(Some(rewound), at("10-0", Some(7)));
+        assert_eq!(seen.last_record_id, RecordId::new(10, 0));
+        assert_eq!(seen.rewind, None, "the rewind is done");
     }
 }

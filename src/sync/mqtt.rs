@@ -19,9 +19,9 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
+use super::ledger::{Ledger, Refused};
 use super::source::{read_batch, PullRequest};
-use super::{Checkpoint, CommitRequest, SyncBatch};
-use crate::config::valid_peer_id;
+use super::{CommitRequest, SyncBatch};
 use crate::metrics as m;
 use crate::mqtt_client::{MqttClient, MqttError, QoS, QueryHandler};
 use crate::record::RecordId;
@@ -119,21 +119,24 @@ impl ShardSignal {
 }
 
 /// Record side: answers queries, applies commits, announces new records.
+#[allow(clippy::too_many_arguments)]
 pub async fn serve_record_side(
     client: Arc<MqttClient>,
     store: Arc<dyn Store>,
+    ledger: Arc<Ledger>,
     topics: Topics,
     signal: Arc<ShardSignal>,
     shards: u32,
     max_batch_bytes: usize,
     shutdown: CancellationToken,
 ) -> Result<Vec<JoinHandle<()>>, MqttError> {
-    let query_store = store.clone();
+    let query_ledger = ledger.clone();
     let handler: QueryHandler = Arc::new(move |payload: Bytes| {
-        let store = query_store.clone();
-        Box::pin(
-            async move { answer_pull(store.as_ref(), &payload, shards, max_batch_bytes).await },
-        )
+        let store = store.clone();
+        let ledger = query_ledger.clone();
+        Box::pin(async move {
+            answer_pull(store.as_ref(), &ledger, &payload, shards, max_batch_bytes).await
+        })
     });
     client.serve_queries(topics.query(), handler).await?;
 
@@ -142,6 +145,7 @@ pub async fn serve_record_side(
     let commit_topic = topics.commit();
     let stop = shutdown.clone();
     let commits = tokio::spawn(async move {
+        let mut warnings = RateLimited::default();
         loop {
             let message = tokio::select! {
                 m = messages.recv() => m,
@@ -149,7 +153,7 @@ pub async fn serve_record_side(
             };
             match message {
                 Ok(message) if message.topic == commit_topic => {
-                    apply_commit(store.as_ref(), &message.payload, shards).await;
+                    apply_commit(&ledger, &message.payload, &mut warnings).await;
                 }
                 Ok(_) => {}
                 Err(broadcast::error::RecvError::Lagged(n)) => {
@@ -184,6 +188,7 @@ pub async fn serve_record_side(
 
 async fn answer_pull(
     store: &dyn Store,
+    ledger: &Ledger,
     payload: &[u8],
     shards: u32,
     max_batch_bytes: usize,
@@ -197,9 +202,10 @@ async fn answer_pull(
             shards - 1
         ));
     }
-    if !valid_peer_id(&request.peer_id) {
-        return Err(format!("peer_id `{}` is not valid", request.peer_id));
-    }
+    ledger
+        .admit(&request.peer_id)
+        .await
+        .map_err(|e| e.to_string())?;
     let batch = read_batch(store, &request, max_batch_bytes)
         .await
         .map_err(|e| e.to_string())?;
@@ -213,25 +219,53 @@ async fn answer_pull(
     Ok(Bytes::from(encoded))
 }
 
-async fn apply_commit(store: &dyn Store, payload: &[u8], shards: u32) {
+/// Warnings at most every [`RateLimited::EVERY`], with how many were held back.
+#[derive(Default)]
+struct RateLimited {
+    last: Option<std::time::Instant>,
+    held_back: u64,
+}
+
+impl RateLimited {
+    const EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+
+    /// Whether to log now, and how many were held back since the last one.
+    fn due(&mut self) -> Option<u64> {
+        if self.last.is_some_and(|at| at.elapsed() < Self::EVERY) {
+            self.held_back += 1;
+            return None;
+        }
+        self.last = Some(std::time::Instant::now());
+        Some(std::mem::take(&mut self.held_back))
+    }
+}
+
+/// Applies an MQTT commit by the same rules as `POST /commit`
+/// ([`Ledger::commit`]). There is no one to answer: a refusal is counted
+/// (`qproxy_commits_total{result="refused"}`, `/api/status`
+/// `commits_refused`) and logged, at most every 10 s.
+async fn apply_commit(ledger: &Ledger, payload: &[u8], warnings: &mut RateLimited) {
     let commit: CommitRequest = match serde_json::from_slice(payload) {
         Ok(c) => c,
         Err(e) => {
-            warn!(error = %e, "ignoring a malformed mqtt commit");
             counter!(m::COMMITS_TOTAL, "transport" => "mqtt", "result" => "malformed").increment(1);
+            if let Some(held_back) = warnings.due() {
+                warn!(error = %e, held_back, "ignoring a malformed mqtt commit");
+            }
             return;
         }
     };
-    if commit.shard_id.0 >= shards || !valid_peer_id(&commit.peer_id) {
-        warn!(peer = %commit.peer_id, shard = commit.shard_id.0, "ignoring an mqtt commit for an unknown shard or a bad peer id");
-        counter!(m::COMMITS_TOTAL, "transport" => "mqtt", "result" => "malformed").increment(1);
-        return;
-    }
-    let checkpoint = Checkpoint::from_commit(&commit, crate::clock::now_ms());
-    match store.commit(checkpoint).await {
+    let peer = commit.peer_id.clone();
+    match ledger.commit(commit).await {
         Ok(_) => counter!(m::COMMITS_TOTAL, "transport" => "mqtt", "result" => "ok").increment(1),
         // The peer commits again with its next batch; the position only moves on.
-        Err(e) => warn!(error = %e, peer = %commit.peer_id, "cannot store an mqtt commit"),
+        Err(Refused::Store(e)) => warn!(error = %e, %peer, "cannot store an mqtt commit"),
+        Err(refused) => {
+            counter!(m::COMMITS_TOTAL, "transport" => "mqtt", "result" => "refused").increment(1);
+            if let Some(held_back) = warnings.due() {
+                warn!(%peer, reason = %refused, held_back, "mqtt commit refused");
+            }
+        }
     }
 }
 

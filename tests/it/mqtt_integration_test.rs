@@ -620,3 +620,65 @@ async fn nodes_started_before_their_broker_connect_when_it_appears() {
     playback.stop().await;
     record.stop().await;
 }
+
+/// An MQTT commit obeys the same rules as `POST /commit`: one beyond the
+/// shard's newest record is refused, counted and logged, not applied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mqtt_commits_beyond_the_data_are_refused_and_counted() {
+    let zone_a = FakeDownstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config =
+        support::record_config(&zone_a.url(), 1, &StoreChoice::Embedded(dir.path().into()));
+    config["mqtt"] = json!({"enabled": true, "embedded_broker": {"enabled": true, "host": "127.0.0.1", "port": 0}});
+    let record = support::start_node(config).await;
+    wait_connected(record.api_addr).await;
+    support::send_posts(record.http_addr.unwrap(), 2, "m").await;
+    let page = eventually("two records", Duration::from_secs(20), || async {
+        let (_, page) = get_json(&format!("http://{}/sync?peer_id=m", record.api_addr)).await;
+        (page["records"].as_array().unwrap().len() == 2).then_some(page)
+    })
+    .await;
+    let newest: qproxy::record::RecordId = page["next_id"].as_str().unwrap().parse().unwrap();
+    let beyond = qproxy::record::RecordId::new(newest.ms + 60_000, 0);
+
+    let broker = record.broker_addr.unwrap();
+    let mut client = qproxy::mqtt_client::MqttClient::new(qproxy::mqtt_client::MqttConfig {
+        client_id: "hand-commit".into(),
+        host: "127.0.0.1".into(),
+        port: broker.port(),
+        ..Default::default()
+    });
+    client.connect().await.unwrap();
+    for id in [beyond, newest] {
+        let commit = json!({"peer_id": "m", "shard_id": 0, "last_record_id": id.to_string()});
+        client
+            .publish(
+                "qproxy/commit".into(),
+                Bytes::from(commit.to_string()),
+                qproxy::mqtt_client::QoS::AtLeastOnce,
+            )
+            .await
+            .unwrap();
+    }
+    // Commits are applied in order: once the second is in, the first was seen.
+    eventually(
+        "the good commit applied",
+        Duration::from_secs(20),
+        || async {
+            let c = support::checkpoints(record.api_addr, "m").await;
+            (c.get(&0) == Some(&newest.to_string())).then_some(())
+        },
+    )
+    .await;
+    let s = status(record.api_addr).await;
+    assert_eq!(s["commits_refused"], 1, "{s}");
+    let metrics = support::get_text(&format!("http://{}/metrics", record.api_addr)).await;
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("qproxy_commits_total") && l.contains("result=\"refused\"")),
+        "{metrics}"
+    );
+    client.disconnect().await.unwrap();
+    record.stop().await;
+}

@@ -486,6 +486,187 @@ async fn a_pushed_batch_is_replayed_at_once_with_a_result_per_record() {
     node.stop().await;
 }
 
+/// One pushed record, as `GET /sync` would serve it.
+fn pushed_batch(id: &str, uri: &str) -> Value {
+    json!({
+        "records": [{
+            "id": id, "shard": 0, "captured_at_ms": 1, "duration_us": 1, "client_addr": "10.0.0.1:1",
+            "error": null,
+            "exchange": {"http": {
+                "method": "GET", "uri": uri, "version": "HTTP/1.1",
+                "request_headers": [["host", "svc"]], "request_body": "",
+                "status": 200, "response_headers": [], "response_body": "",
+            }}
+        }],
+        "next_id": id,
+        "has_more": false,
+    })
+}
+
+/// `POST /sync` no longer buffers up to 1 GiB per request with no limit on
+/// how many at once: a body over `playback.max_push_bytes` is a 413, a push
+/// beyond the two running is a 503 at once, and the node serves the next
+/// push as before.
+#[tokio::test]
+async fn a_push_over_the_limit_or_beyond_two_at_once_is_refused() {
+    let zone_b = FakeDownstream::start_with_delay(Duration::from_millis(1500)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = support::playback_config(
+        &zone_b.url(),
+        1,
+        "127.0.0.1:9".parse().unwrap(),
+        &StoreChoice::Embedded(dir.path().into()),
+    );
+    config["sync"]["enabled"] = json!(false);
+    config["playback"] = json!({"max_push_bytes": 1 << 20});
+    let node = support::start_node(config).await;
+    let url = format!("http://{}/sync", node.api_addr);
+
+    let (status, body) = support::post_raw(&url, Bytes::from(vec![b' '; 2 << 20])).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("playback.max_push_bytes"),
+        "{body}"
+    );
+
+    let pushes = (0..3).map(|i| {
+        let url = url.clone();
+        tokio::spawn(async move {
+            let batch = pushed_batch(&format!("9-{i}"), &format!("/slow/{i}"));
+            post_json(&url, &batch).await
+        })
+    });
+    let mut answers = Vec::new();
+    for push in pushes.collect::<Vec<_>>() {
+        answers.push(push.await.unwrap());
+    }
+    let mut statuses: Vec<u16> = answers.iter().map(|(s, _)| s.as_u16()).collect();
+    statuses.sort();
+    assert_eq!(statuses, [200, 200, 503], "{answers:?}");
+    let refused = answers.iter().find(|(s, _)| s.as_u16() == 503).unwrap();
+    assert!(
+        refused.1["error"].as_str().unwrap().contains("at once"),
+        "{refused:?}"
+    );
+    let (status, answer) = post_json(&url, &pushed_batch("9-9", "/after")).await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    assert_eq!(answer["results"][0]["record_id"], "9-9");
+    assert!(
+        zone_b.seen().iter().any(|s| s.uri == "/after"),
+        "the push after the refused ones reached zone B"
+    );
+    node.stop().await;
+}
+
+/// `PUT /api/checkpoints` moves a peer's checkpoint back, and the Playback
+/// node really replays that window again, in order, then commits forward.
+#[tokio::test]
+async fn a_rewound_checkpoint_replays_its_window_again() {
+    let zone_a = FakeDownstream::start().await;
+    let zone_b = FakeDownstream::start().await;
+    let dirs = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let record = support::start_node(support::record_config(
+        &zone_a.url(),
+        1,
+        &StoreChoice::Embedded(dirs.0.path().into()),
+    ))
+    .await;
+    let playback = support::start_node(support::playback_config(
+        &zone_b.url(),
+        1,
+        record.api_addr,
+        &StoreChoice::Embedded(dirs.1.path().into()),
+    ))
+    .await;
+    support::send_posts(record.http_addr.unwrap(), 10, "rw").await;
+    eventually("ten replays", Duration::from_secs(20), || async {
+        (zone_b.count() == 10).then_some(())
+    })
+    .await;
+    let ids: Vec<String> = zone_b
+        .seen()
+        .iter()
+        .map(|s| s.header("x-qproxy-replay-id").unwrap().to_string())
+        .collect();
+    eventually(
+        "committed up to the 10th",
+        Duration::from_secs(20),
+        || async {
+            (checkpoints(record.api_addr, "zone-b").await.get(&0) == Some(&ids[9])).then_some(())
+        },
+    )
+    .await;
+
+    let url = format!("http://{}/api/checkpoints", record.api_addr);
+    let beyond = {
+        let last: RecordId = ids[9].parse().unwrap();
+        RecordId::new(last.ms + 60_000, 0).to_string()
+    };
+    let (status, body) = put_json(
+        &url,
+        &json!({"peer_id": "zone-b", "shard_id": 0, "last_record_id": beyond}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    let (status, body) = put_json(
+        &url,
+        &json!({"peer_id": "zone-b", "shard_id": 0, "last_record_id": ids[4]}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["last_record_id"], ids[4].as_str());
+    assert_eq!(body["status"], "Pending");
+
+    eventually("records 6 to 10 again", Duration::from_secs(20), || async {
+        (zone_b.count() >= 15).then_some(())
+    })
+    .await;
+    let seen = zone_b.seen();
+    let again: Vec<(&str, String)> = seen[10..]
+        .iter()
+        .map(|s| (s.header("x-qproxy-replay-id").unwrap(), s.uri.clone()))
+        .collect();
+    let expected: Vec<(&str, String)> = (5..10)
+        .map(|i| (ids[i].as_str(), format!("/rw/{i}")))
+        .collect();
+    assert_eq!(again, expected, "6th to 10th again, in order");
+    let (_, status) = eventually(
+        "the checkpoint back at the 10th",
+        Duration::from_secs(20),
+        || async {
+            let (code, status) = get_json(&format!("http://{}/api/status", record.api_addr)).await;
+            (status["checkpoints"][0]["last_record_id"] == ids[9].as_str())
+                .then_some((code, status))
+        },
+    )
+    .await;
+    assert_eq!(status["checkpoints"][0]["status"], "Completed", "{status}");
+    // Nothing more: the window was replayed once.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(zone_b.count(), 15);
+    playback.stop().await;
+    record.stop().await;
+}
+
+async fn put_json(url: &str, body: &Value) -> (StatusCode, Value) {
+    use http_body_util::BodyExt;
+    let response = support::client()
+        .request(
+            Request::put(url)
+                .header("content-type", "application/json")
+                .body(Full::new(Bytes::from(body.to_string())))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    let status = response.status();
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    (status, serde_json::from_slice(&body).unwrap_or(Value::Null))
+}
+
 #[tokio::test]
 async fn playback_test_comparison_takes_chosen_headers_and_leaves_out_ignored_json_paths() {
     let zone_b = FakeDownstream::start().await;

@@ -441,7 +441,7 @@ async fn an_auth_token_guards_everything_but_health() {
     config["api"]["auth_token"] = json!("s3cret-token-0123456789");
     let node = support::start_node(config).await;
     let api = node.api_addr;
-    for path in ["/sync", "/api/status", "/metrics"] {
+    for path in ["/sync", "/api/status", "/metrics", "/api/checkpoints"] {
         let (status, body) = get_json(&format!("http://{api}{path}")).await;
         assert_eq!(status, StatusCode::UNAUTHORIZED, "{path}");
         assert!(body["error"].as_str().unwrap().contains("bearer"), "{body}");
@@ -684,5 +684,153 @@ async fn the_spool_keeps_the_newest_records_within_spool_bytes() {
         .map(|r| r["exchange"]["http"]["uri"].as_str().unwrap())
         .collect();
     assert_eq!(uris, ["/big/7", "/big/8", "/big/9"]);
+    node.stop().await;
+}
+
+/// The ids of the records on shard 0 of `api`, oldest first, once `n` are there.
+async fn record_ids(api: SocketAddr, n: usize) -> Vec<String> {
+    wait_for_records(api, "peer_id=ids", n).await["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["id"].as_str().unwrap().to_string())
+        .collect()
+}
+
+fn commit_of(peer: &str, shard: u32, id: &str) -> Value {
+    json!({"peer_id": peer, "shard_id": shard, "last_record_id": id, "status": "Completed"})
+}
+
+/// Committing past the newest record would leave the peer waiting on that
+/// shard forever: it is refused with a 409 that names the shard, the id and
+/// the newest id, and the checkpoint stays where it was.
+#[tokio::test]
+async fn a_commit_beyond_the_newest_record_is_refused() {
+    let downstream = FakeDownstream::start().await;
+    let (node, _dir) = embedded_record_node(&downstream.url(), 2).await;
+    let proxy = node.http_addr.unwrap();
+    let api = node.api_addr;
+    let mut conn = support::ClientConn::connect("127.0.0.1".parse().unwrap(), proxy).await;
+    for i in 0..3 {
+        let req = Request::get(format!("/c/{i}"))
+            .body(Full::default())
+            .unwrap();
+        assert_eq!(conn.send(req).await.0, StatusCode::OK);
+    }
+    // One client address: every record is on its shard; the other is empty.
+    let shard = qproxy::record::shard::shard_of(b"127.0.0.1", 2);
+    let empty = 1 - shard;
+    let ids: Vec<String> = wait_for_records(api, &format!("peer_id=ids&shard_id={shard}"), 3).await
+        ["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["id"].as_str().unwrap().to_string())
+        .collect();
+    let url = format!("http://{api}/commit");
+    let (status, _) = post_json(&url, &commit_of("p", shard, &ids[1])).await;
+    assert_eq!(status, StatusCode::OK);
+
+    let newest: qproxy::record::RecordId = ids[2].parse().unwrap();
+    let beyond = qproxy::record::RecordId::new(newest.ms + 60_000, 0).to_string();
+    let (status, body) = post_json(&url, &commit_of("p", shard, &beyond)).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    let error = body["error"].as_str().unwrap();
+    assert!(
+        error.contains(&format!("shard {shard}"))
+            && error.contains(&beyond)
+            && error.contains(&ids[2]),
+        "{error}"
+    );
+    assert_eq!(
+        support::checkpoints(api, "p").await.get(&u64::from(shard)),
+        Some(&ids[1]),
+        "the checkpoint did not move"
+    );
+    // The newest record itself is fine; a stale commit still changes nothing.
+    let (status, stored) = post_json(&url, &commit_of("p", shard, &ids[2])).await;
+    assert_eq!(
+        (status, stored["last_record_id"].as_str()),
+        (StatusCode::OK, Some(ids[2].as_str()))
+    );
+    let (status, stored) = post_json(&url, &commit_of("p", shard, &ids[0])).await;
+    assert_eq!(
+        (status, stored["last_record_id"].as_str()),
+        (StatusCode::OK, Some(ids[2].as_str()))
+    );
+
+    // A shard with no records takes no position past "0-0".
+    let (status, body) = post_json(&url, &commit_of("p", empty, &ids[0])).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("no records"),
+        "{body}"
+    );
+    let (status, _) = post_json(&url, &commit_of("p", empty, "0-0")).await;
+    assert_eq!(status, StatusCode::OK);
+    node.stop().await;
+}
+
+/// Made-up peers cannot grow the node without bound: `sync.max_peers`
+/// distinct peers, an `error_message` cut to 1 KiB, and `/api/status`
+/// lists at most 100 checkpoints (all of them are paged by
+/// `GET /api/checkpoints`).
+#[tokio::test]
+async fn peers_are_capped_and_what_they_send_is_bounded() {
+    let downstream = FakeDownstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = support::record_config(
+        &downstream.url(),
+        1,
+        &StoreChoice::Embedded(dir.path().into()),
+    );
+    config["sync"]["max_peers"] = json!(102);
+    let node = support::start_node(config).await;
+    let api = node.api_addr;
+    support::get_json(&format!("http://{}/one", node.http_addr.unwrap())).await;
+    let id = record_ids(api, 1).await.remove(0);
+    let url = format!("http://{api}/commit");
+    // "ids" pulled above, so it is one of the 102 already.
+    for n in 0..101 {
+        let (status, body) = post_json(&url, &commit_of(&format!("peer-{n}"), 0, &id)).await;
+        assert_eq!(status, StatusCode::OK, "peer-{n}: {body}");
+    }
+    let (status, body) = post_json(&url, &commit_of("one-too-many", 0, &id)).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{body}");
+    let error = body["error"].as_str().unwrap();
+    assert!(
+        error.contains("sync.max_peers") && error.contains("102"),
+        "{error}"
+    );
+    let (status, body) = get_json(&format!("http://{api}/sync?peer_id=another-one")).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{body}");
+    // Known peers go on as before.
+    let (status, _) = get_json(&format!("http://{api}/sync?peer_id=peer-7")).await;
+    assert_eq!(status, StatusCode::OK);
+
+    let mut long = commit_of("peer-0", 0, &id);
+    long["error_message"] = json!("é".repeat(30_000));
+    let (status, stored) = post_json(&url, &long).await;
+    assert_eq!(status, StatusCode::OK);
+    let kept = stored["error_message"].as_str().unwrap();
+    assert!(kept.len() <= 1024, "{} bytes kept", kept.len());
+    assert!(kept.starts_with("éé") && kept.ends_with('…'), "{kept}");
+
+    let (_, status) = get_json(&format!("http://{api}/api/status")).await;
+    assert_eq!(status["checkpoints"].as_array().unwrap().len(), 100);
+    assert_eq!(status["checkpoints_total"], 101);
+    let (status, page) =
+        get_json(&format!("http://{api}/api/checkpoints?limit=40&offset=80")).await;
+    assert_eq!(status, StatusCode::OK, "{page}");
+    assert_eq!(page["total"], 101);
+    assert_eq!(page["checkpoints"].as_array().unwrap().len(), 21);
+    let (_, page) = get_json(&format!(
+        "http://{api}/api/checkpoints?peer_id=peer-7&shard=0"
+    ))
+    .await;
+    assert_eq!(page["total"], 1);
+    assert_eq!(page["checkpoints"][0]["peer_id"], "peer-7");
+    let (status, _) = get_json(&format!("http://{api}/api/checkpoints?limit=0")).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
     node.stop().await;
 }

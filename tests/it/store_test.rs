@@ -45,6 +45,7 @@ fn checkpoint(peer: &str, shard: u32, id: RecordId, status: CommitStatus) -> Che
         retry_count: 0,
         error_message: String::new(),
         committed_at_ms: 9,
+        rewind: None,
     }
 }
 
@@ -174,6 +175,62 @@ async fn conformance(store: Arc<dyn Store>) {
     all.sort_by(|a, b| a.peer_id.cmp(&b.peer_id));
     assert_eq!(all.len(), 2);
     assert_eq!(all[1].status, CommitStatus::Failed);
+
+    // An operator's rewind sets it exactly, backwards too; until the peer
+    // has seen the rewind, its commits change nothing.
+    let rewound = Checkpoint {
+        rewind: Some(1_747_629_658_123),
+        ..checkpoint("p", 0, ids[0], CommitStatus::Pending)
+    };
+    store.set_checkpoint(rewound.clone()).await.unwrap();
+    assert_eq!(
+        store.checkpoint("p", 0).await.unwrap(),
+        Some(rewound.clone())
+    );
+    let unseen = store
+        .commit(checkpoint("p", 0, ids[4], CommitStatus::Completed))
+        .await
+        .unwrap();
+    assert_eq!(unseen, rewound, "a commit sent before the rewind was seen");
+    let other = store
+        .commit(Checkpoint {
+            rewind: Some(5),
+            ..checkpoint("p", 0, ids[4], CommitStatus::Completed)
+        })
+        .await
+        .unwrap();
+    assert_eq!(other, rewound, "a commit that saw another rewind");
+    let seen = store
+        .commit(Checkpoint {
+            rewind: rewound.rewind,
+            ..checkpoint("p", 0, ids[2], CommitStatus::Completed)
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        (seen.last_record_id, seen.status, seen.rewind),
+        (ids[2], CommitStatus::Completed, None)
+    );
+    assert_eq!(store.checkpoint("p", 0).await.unwrap(), Some(seen));
+    let moved_on = store
+        .commit(checkpoint("p", 0, ids[4], CommitStatus::Completed))
+        .await
+        .unwrap();
+    assert_eq!(moved_on.last_record_id, ids[4], "normal again");
+
+    // An expired peer is forgotten on every shard; others stay.
+    store
+        .commit(checkpoint("gone", 0, ids[0], CommitStatus::Completed))
+        .await
+        .unwrap();
+    store
+        .commit(checkpoint("gone", 1, ids[1], CommitStatus::Completed))
+        .await
+        .unwrap();
+    store.forget_peer("gone", 2).await.unwrap();
+    assert_eq!(store.checkpoint("gone", 0).await.unwrap(), None);
+    assert_eq!(store.checkpoint("gone", 1).await.unwrap(), None);
+    assert_eq!(store.checkpoints(2).await.unwrap().len(), 2);
 
     // Retention: by length, then by age (id).
     store.trim(1, None, Some(2)).await.unwrap();
