@@ -7,3 +7,4 @@ pub mod headers;
 pub mod id;
 pub mod record;
 pub mod replay;
+pub mod sync;

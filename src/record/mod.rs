@@ -6,6 +6,7 @@ pub mod capture;
 pub mod encode;
 pub mod recorder;
 pub mod shard;
+pub mod signal;
 pub mod spool;
 
 pub use crate::model::record::*;

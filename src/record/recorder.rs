@@ -29,7 +29,7 @@ use super::{split_pieces, Exchange, Record, RecordId};
 use crate::config::RecordConfig;
 use crate::metrics as m;
 use crate::store::{NewRecord, Store};
-use crate::sync::mqtt::ShardSignal;
+use super::signal::ShardSignal;
 
 /// Counters shown by `/api/status` and `/health`.
 #[derive(Debug, Default)]

@@ -9,11 +9,10 @@
 //! - `<prefix>/commit` — Playback → Record, QoS 1, JSON [`CommitRequest`].
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use bytes::Bytes;
 use metrics::counter;
-use serde::{Deserialize, Serialize};
 use tokio::sync::{broadcast, Notify};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -24,7 +23,6 @@ use super::source::{read_batch, PullRequest};
 use super::{CommitRequest, SyncBatch};
 use crate::metrics as m;
 use crate::mqtt_client::{MqttClient, MqttError, QoS, QueryHandler};
-use crate::record::RecordId;
 use crate::store::Store;
 
 #[derive(Debug, Clone)]
@@ -65,58 +63,7 @@ impl Topics {
     }
 }
 
-/// A notification, as `mosquitto_sub` shows it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Notification {
-    pub shard: u32,
-    pub last_id: RecordId,
-    /// Records written since the previous notification of this shard.
-    pub records: u64,
-}
-
-/// Which shards have new records since they were last announced.
-pub struct ShardSignal {
-    pending: Mutex<Vec<Option<(RecordId, u64)>>>,
-    notify: Notify,
-}
-
-impl ShardSignal {
-    pub fn new(shards: u32) -> ShardSignal {
-        ShardSignal {
-            pending: Mutex::new(vec![None; shards as usize]),
-            notify: Notify::new(),
-        }
-    }
-
-    /// The writer wrote `id` on `shard`.
-    pub fn written(&self, shard: u32, id: RecordId) {
-        {
-            let mut pending = self.pending.lock().expect("signal lock");
-            if let Some(slot) = pending.get_mut(shard as usize) {
-                let count = slot.map_or(0, |(_, n)| n);
-                *slot = Some((id, count + 1));
-            }
-        }
-        self.notify.notify_one();
-    }
-
-    /// Waits for news, then takes all of it.
-    pub async fn take(&self) -> Vec<Notification> {
-        self.notify.notified().await;
-        let mut pending = self.pending.lock().expect("signal lock");
-        pending
-            .iter_mut()
-            .enumerate()
-            .filter_map(|(shard, slot)| {
-                slot.take().map(|(last_id, records)| Notification {
-                    shard: shard as u32,
-                    last_id,
-                    records,
-                })
-            })
-            .collect()
-    }
-}
+pub use crate::record::signal::{Notification, ShardSignal};
 
 /// Record side: answers queries, applies commits, announces new records.
 #[allow(clippy::too_many_arguments)]
