@@ -438,7 +438,8 @@ async fn run(
             recorder.clone(),
             tls.client.clone(),
             pools,
-        );
+        )
+        .with_body_timeout(h.body_timeout());
         let options = Options {
             tls: tls.http.clone(),
             on_connection: Some(count_http_connection),

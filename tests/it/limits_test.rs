@@ -180,6 +180,44 @@ async fn limits_test_an_idle_keep_alive_connection_is_closed_after_the_idle_time
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn limits_test_a_stalled_request_body_gets_408_and_others_are_served() {
+    let downstream = FakeDownstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let node = support::start_node(proxy_config(
+        &downstream.url(),
+        dir.path(),
+        json!({"body_timeout_ms": 300}),
+    ))
+    .await;
+    let proxy = node.http_addr.unwrap();
+
+    let mut stalled = TcpStream::connect(proxy).await.unwrap();
+    stalled
+        .write_all(b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nA")
+        .await
+        .unwrap();
+    let said = read_until_closed(&mut stalled, Duration::from_secs(10)).await;
+    assert!(
+        said.starts_with("HTTP/1.1 408"),
+        "a body that stalls is answered 408, then the connection closes: {said:?}"
+    );
+    assert!(
+        said.contains("request body"),
+        "the answer says why: {said:?}"
+    );
+
+    proxy_answers(proxy)
+        .await
+        .expect("other clients are served");
+    let page = get_text(&format!("http://{}/metrics", node.api_addr)).await;
+    assert!(
+        page.contains(r#"http_errors_total{kind="timeout"}"#),
+        "the timeout is counted:\n{page}"
+    );
+    node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn limits_test_connections_over_max_connections_are_refused_and_counted() {
     let downstream = FakeDownstream::start().await;
     let dir = tempfile::tempdir().unwrap();
