@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::node::{self, NodeError, RunningNode};
-use crate::server::{serve, Handler, Options};
+use crate::server::{serve, Handler, Listener, Options};
 
 /// How the demo picks its ports.
 #[derive(Debug, Clone, Copy)]
@@ -91,8 +91,7 @@ async fn sample_service(shutdown: &CancellationToken) -> Result<SocketAddr, Demo
         .local_addr()
         .map_err(|e| DemoError::Setup(e.to_string()))?;
     tokio::spawn(serve(
-        "sample",
-        listener,
+        Listener::new("sample", listener, 1024),
         SampleService,
         shutdown.clone(),
         Duration::from_secs(1),

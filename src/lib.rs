@@ -25,6 +25,7 @@
 //!   query) the sync fabric is built on; [`broker`] — the embedded broker.
 //! - [`metrics`] — metric names and the Prometheus exporter.
 //! - [`tls`] — TLS from PEM files for the listeners and every outgoing link.
+//! - [`os`] — the open file limit, raised at start-up.
 
 pub mod api;
 pub mod broker;
@@ -35,6 +36,7 @@ pub mod metrics;
 pub mod model;
 pub mod mqtt_client;
 pub mod node;
+pub mod os;
 pub mod playback;
 pub mod proxy;
 pub mod record;

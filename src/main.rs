@@ -102,6 +102,13 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     init_tracing(&cli, &config.logging);
+    match qproxy::os::raise_fd_limit() {
+        Ok((before, after)) if after > before => {
+            tracing::info!("raised the open file limit from {before} to {after} (the hard limit)")
+        }
+        Ok((_, limit)) => tracing::debug!(limit, "open file limit"),
+        Err(e) => tracing::warn!("cannot raise the open file limit: {e}"),
+    }
     if cli.verbose {
         tracing::info!(
             "configuration loaded from {}: {}",

@@ -20,6 +20,14 @@ pub const TCP_ERRORS_TOTAL: &str = "tcp_errors_total";
 /// TLS clients refused at the handshake, by listener (`http`, `api`, `tcp`).
 pub const TLS_HANDSHAKE_ERRORS_TOTAL: &str = "qproxy_tls_handshake_errors_total";
 
+/// Connections closed at once because their listener was at its
+/// `max_connections`, by listener.
+pub const CONNECTIONS_REFUSED_TOTAL: &str = "qproxy_connections_refused_total";
+/// Failed accepts (out of file descriptors, mostly), by listener.
+pub const ACCEPT_ERRORS_TOTAL: &str = "qproxy_accept_errors_total";
+/// Connections closed for sending no complete request head in time.
+pub const HEADER_TIMEOUTS_TOTAL: &str = "qproxy_header_timeouts_total";
+
 pub const RECORDS_TOTAL: &str = "qproxy_records_total";
 pub const RECORD_BYTES_TOTAL: &str = "qproxy_record_bytes_total";
 pub const RECORDS_DROPPED_TOTAL: &str = "qproxy_records_dropped_total";
@@ -110,6 +118,18 @@ fn describe() {
     describe_counter!(
         TLS_HANDSHAKE_ERRORS_TOTAL,
         "TLS clients refused at the handshake (garbage, untrusted or missing client certificate, timeout)"
+    );
+    describe_counter!(
+        CONNECTIONS_REFUSED_TOTAL,
+        "Connections closed at once because the listener was at its max_connections"
+    );
+    describe_counter!(
+        ACCEPT_ERRORS_TOTAL,
+        "Failed accepts (out of file descriptors, mostly), by listener"
+    );
+    describe_counter!(
+        HEADER_TIMEOUTS_TOTAL,
+        "Connections closed for sending no complete request head within header_timeout_ms"
     );
     describe_counter!(RECORDS_TOTAL, "Records written to the store");
     describe_counter!(RECORD_BYTES_TOTAL, Unit::Bytes, "Body bytes recorded");

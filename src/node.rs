@@ -19,7 +19,7 @@ use crate::proxy::tcp::{TcpProxy, TcpTarget};
 use crate::record::recorder::Recorder;
 use crate::record::spool::{DiskSpool, Recovered};
 use crate::record::RecordId;
-use crate::server::{serve, Options, Workers};
+use crate::server::{serve, Listener, Options, Timeouts, Workers};
 use crate::store::{self, Store, StoreError};
 use crate::sync::client::PeerClient;
 use crate::sync::mqtt::{serve_record_side, spawn_wakeups, MqttLink, ShardSignal, Topics};
@@ -117,6 +117,10 @@ pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
     let http_addr = http.as_ref().and_then(|l| l.local_addr().ok());
     let tcp_addr = tcp.as_ref().and_then(|l| l.local_addr().ok());
     let api_addr = api.local_addr().expect("a bound listener has an address");
+    let limits = connection_limits(&config);
+    let http = http.map(|l| Listener::new("http", l, limits.http));
+    let tcp = tcp.map(|l| Listener::new("tcp", l, limits.tcp));
+    let api = Listener::new("api", api, limits.api);
     let broker = match config
         .mqtt
         .as_ref()
@@ -155,6 +159,55 @@ pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
         shutdown,
         task,
     })
+}
+
+/// Connections each listener serves at once.
+struct ConnectionLimits {
+    api: usize,
+    http: usize,
+    tcp: usize,
+}
+
+/// The configured limits, lowered where the open file limit could not
+/// hold them with room left for the API and downstream connections (see
+/// [`crate::server::fit_to_fd_limit`]).
+fn connection_limits(config: &Config) -> ConnectionLimits {
+    let http = config
+        .http
+        .as_ref()
+        .filter(|h| h.enabled)
+        .map(|h| h.max_connections);
+    let tcp = config
+        .tcp
+        .as_ref()
+        .filter(|t| t.enabled)
+        .map(|t| t.max_connections);
+    let api = config.api.max_connections;
+    let Some((fd_limit, _)) = crate::os::fd_limits() else {
+        return ConnectionLimits {
+            api,
+            http: http.unwrap_or(1),
+            tcp: tcp.unwrap_or(1),
+        };
+    };
+    let (fitted_api, fitted) = crate::server::fit_to_fd_limit(fd_limit, api, &[http, tcp]);
+    let lowered = [
+        ("api.max_connections", Some(api), Some(fitted_api)),
+        ("http.max_connections", http, fitted[0]),
+        ("tcp.max_connections", tcp, fitted[1]),
+    ];
+    for (key, configured, fitted) in lowered {
+        if let (Some(configured), Some(fitted)) = (configured, fitted) {
+            if fitted < configured {
+                warn!("{key} lowered from {configured} to {fitted} to fit the open file limit ({fd_limit}); raise `ulimit -n` for more");
+            }
+        }
+    }
+    ConnectionLimits {
+        api: fitted_api,
+        http: fitted[0].unwrap_or(1),
+        tcp: fitted[1].unwrap_or(1),
+    }
 }
 
 fn warn_unbuilt(config: &Config) {
@@ -207,9 +260,9 @@ fn mqtt_client(
 
 /// The bound listeners of a node, their TLS, and the TCP proxy's target.
 struct Listeners {
-    http: Option<TcpListener>,
-    tcp: Option<TcpListener>,
-    api: TcpListener,
+    http: Option<Listener>,
+    tcp: Option<Listener>,
+    api: Listener,
     tls: crate::tls::Setup,
     tcp_target: Option<TcpTarget>,
     /// The record spool on disk, with what an earlier process left in it.
@@ -236,7 +289,7 @@ async fn run(
         store.clone(),
         shutdown.clone(),
     )));
-    let api_addr = api.local_addr().expect("a bound listener has an address");
+    let api_addr = api.local_addr();
     let mqtt = mqtt_client(&config, broker, api_addr, &tls);
     let topics = Topics::new(
         config
@@ -398,14 +451,18 @@ async fn run(
             recorder.clone(),
             tls.client.clone(),
             pools,
-        );
+        )
+        .with_body_timeout(h.body_timeout());
         let options = Options {
             tls: tls.http.clone(),
             on_connection: Some(count_http_connection),
             workers,
+            timeouts: Timeouts {
+                header: h.header_timeout(),
+                idle: h.idle_timeout(),
+            },
         };
         tasks.push(tokio::spawn(serve(
-            "http",
             listener,
             proxy,
             shutdown.clone(),
@@ -440,7 +497,6 @@ async fn run(
         ..Options::default()
     };
     tasks.push(tokio::spawn(serve(
-        "api",
         api,
         Api::new(api_state),
         shutdown.clone(),

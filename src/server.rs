@@ -6,6 +6,11 @@
 //! client whose TLS handshake fails is logged and counted; the listener
 //! goes on.
 //!
+//! A [`Listener`] holds a listener's connection limit: connections over
+//! it are accepted and closed at once (counted), and accept errors (out of
+//! file descriptors) back off instead of spinning. A new connection that
+//! sends no complete request head within [`Timeouts::header`] is closed.
+//!
 //! With [`Workers`], accepted connections are handed round robin to
 //! threads that each run a single-threaded runtime, and a connection lives
 //! on its thread: no work stealing, no task hopping between threads, and a
@@ -16,9 +21,11 @@ use std::cell::Cell;
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::pin::pin;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::task::Poll;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{Request, Response};
@@ -27,15 +34,188 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
-use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
+use crate::metrics as m;
 use crate::tls::{Stream, TlsAcceptor};
 
-/// Connections one listener serves at once; more wait in the backlog.
-pub const MAX_CONNECTIONS: usize = 20_000;
+/// The first pause after a failed accept; it doubles up to [`MAX_BACKOFF`]
+/// while accepts keep failing.
+const FIRST_BACKOFF: Duration = Duration::from_millis(10);
+const MAX_BACKOFF: Duration = Duration::from_secs(1);
+/// At most one log line this often about refused connections or failed
+/// accepts per listener: a flood must not flood the log too.
+const LOG_EVERY: Duration = Duration::from_secs(10);
+
+/// A bound listener with a limit on the connections it serves at once.
+pub struct Listener {
+    name: &'static str,
+    inner: TcpListener,
+    max_connections: usize,
+    permits: Arc<Semaphore>,
+    refused: metrics::Counter,
+    refusals: LogLimiter,
+    errors: metrics::Counter,
+    failures: LogLimiter,
+    backoff: Duration,
+}
+
+impl Listener {
+    /// `name` labels its logs and metrics (`http`, `api`, `tcp`).
+    pub fn new(name: &'static str, inner: TcpListener, max_connections: usize) -> Listener {
+        Listener {
+            name,
+            inner,
+            max_connections,
+            permits: Arc::new(Semaphore::new(max_connections)),
+            refused: metrics::counter!(m::CONNECTIONS_REFUSED_TOTAL, "listener" => name),
+            refusals: LogLimiter::new(LOG_EVERY),
+            errors: metrics::counter!(m::ACCEPT_ERRORS_TOTAL, "listener" => name),
+            failures: LogLimiter::new(LOG_EVERY),
+            backoff: FIRST_BACKOFF,
+        }
+    }
+
+    pub fn name(&self) -> &'static str {
+        self.name
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.inner
+            .local_addr()
+            .expect("a bound listener has an address")
+    }
+
+    /// The next connection within the limit, with the permit it holds
+    /// while open; `None` once `shutdown` is cancelled. Connections over
+    /// the limit are closed at once: a client learns at once rather than
+    /// waiting in the backlog, and the backlog keeps moving.
+    pub async fn accept(
+        &mut self,
+        shutdown: &CancellationToken,
+    ) -> Option<(TcpStream, SocketAddr, OwnedSemaphorePermit)> {
+        loop {
+            let accepted = tokio::select! {
+                accepted = self.inner.accept() => accepted,
+                _ = shutdown.cancelled() => return None,
+            };
+            match accepted {
+                Ok((stream, client)) => {
+                    self.backoff = FIRST_BACKOFF;
+                    match self.permits.clone().try_acquire_owned() {
+                        Ok(permit) => return Some((stream, client, permit)),
+                        Err(_) => self.refuse(stream, client),
+                    }
+                }
+                Err(e) => {
+                    self.errors.increment(1);
+                    if let Some(held) = self.failures.allow(Instant::now()) {
+                        warn!(listener = self.name, error = %e, failed_since_last_line = held,
+                            "accept failed; backing off (out of file descriptors? see `ulimit -n`)");
+                    }
+                    tokio::select! {
+                        _ = tokio::time::sleep(self.backoff) => {}
+                        _ = shutdown.cancelled() => return None,
+                    }
+                    self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
+                }
+            }
+        }
+    }
+
+    fn refuse(&mut self, stream: TcpStream, client: SocketAddr) {
+        self.refused.increment(1);
+        if let Some(held) = self.refusals.allow(Instant::now()) {
+            warn!(listener = self.name, client = %client, max_connections = self.max_connections,
+                refused_since_last_line = held, "connection limit reached; refusing connections");
+        }
+        drop(stream);
+    }
+}
+
+/// Lets one event through every `every`, and counts those held back.
+#[derive(Debug)]
+struct LogLimiter {
+    every: Duration,
+    last: Option<Instant>,
+    held: u64,
+}
+
+impl LogLimiter {
+    fn new(every: Duration) -> LogLimiter {
+        LogLimiter {
+            every,
+            last: None,
+            held: 0,
+        }
+    }
+
+    /// `Some(events held back since the last one let through)` when this
+    /// one may be logged.
+    fn allow(&mut self, now: Instant) -> Option<u64> {
+        match self.last {
+            Some(last) if now.saturating_duration_since(last) < self.every => {
+                self.held += 1;
+                None
+            }
+            _ => {
+                self.last = Some(now);
+                Some(std::mem::take(&mut self.held))
+            }
+        }
+    }
+}
+
+/// Connection limits for listeners of a node whose open file limit is
+/// `fd_limit`, from the configured ones: the API listener gets at most an
+/// eighth of the files, the proxy listeners together at most three
+/// quarters less the API's share and 64 for the node's own files (store,
+/// spool, logs, the MQTT link), shared in proportion to what they ask
+/// for. The rest is left for downstream connections. Each result is at
+/// least 1.
+pub fn fit_to_fd_limit(
+    fd_limit: u64,
+    api: usize,
+    proxies: &[Option<usize>],
+) -> (usize, Vec<Option<usize>>) {
+    let fd_limit = usize::try_from(fd_limit).unwrap_or(usize::MAX);
+    let api = api.min(fd_limit / 8).max(1);
+    let room = (fd_limit / 4 * 3).saturating_sub(api + 64).max(1);
+    let asked: usize = proxies.iter().flatten().sum();
+    let proxies = proxies
+        .iter()
+        .map(|wanted| {
+            wanted.map(|n| match asked <= room {
+                true => n,
+                false => (n as u128 * room as u128 / asked as u128).max(1) as usize,
+            })
+        })
+        .collect();
+    (api, proxies)
+}
+
+/// How long a client may keep a connection without a request.
+#[derive(Debug, Clone, Copy)]
+pub struct Timeouts {
+    /// From accept (the TLS handshake included) to the first complete
+    /// request head.
+    pub header: Duration,
+    /// HTTP/1.1: from the end of a response to the next request head.
+    /// HTTP/2: silence before a ping, which must be answered in 20 s.
+    pub idle: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Timeouts {
+        Timeouts {
+            header: Duration::from_secs(10),
+            idle: Duration::from_secs(60),
+        }
+    }
+}
 
 thread_local! {
     static WORKER: Cell<Option<usize>> = const { Cell::new(None) };
@@ -110,6 +290,7 @@ pub struct Options {
     pub on_connection: Option<fn(i64)>,
     /// Where connections run; the current runtime when `None`.
     pub workers: Option<Arc<Workers>>,
+    pub timeouts: Timeouts,
 }
 
 /// Called for each request with the client's address.
@@ -124,8 +305,7 @@ pub trait Handler<B>: Clone + Send + Sync + 'static {
 /// Serves `handler` on `listener` until `shutdown`; then drains for
 /// `grace`.
 pub async fn serve<H, B>(
-    name: &'static str,
-    listener: TcpListener,
+    mut listener: Listener,
     handler: H,
     shutdown: CancellationToken,
     grace: Duration,
@@ -135,40 +315,31 @@ pub async fn serve<H, B>(
     B: http_body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .keep_alive(true)
-        .timer(hyper_util::rt::TokioTimer::new());
-    builder
-        .http2()
-        .timer(hyper_util::rt::TokioTimer::new())
-        .max_concurrent_streams(256);
-    let builder = Arc::new(builder);
     let Options {
         tls,
         on_connection,
         workers,
+        timeouts,
     } = options;
+    let name = listener.name();
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    // hyper restarts this timer whenever a connection waits for a request
+    // head: after a response it is the keep-alive idle timeout.
+    builder
+        .http1()
+        .keep_alive(true)
+        .header_read_timeout(timeouts.idle)
+        .timer(hyper_util::rt::TokioTimer::new());
+    builder
+        .http2()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .keep_alive_interval(timeouts.idle)
+        .max_concurrent_streams(256);
+    let builder = Arc::new(builder);
     let graceful = GracefulShutdown::new();
-    let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-    loop {
-        let permit = tokio::select! {
-            p = permits.clone().acquire_owned() => p.expect("semaphore never closed"),
-            _ = shutdown.cancelled() => break,
-        };
-        let (stream, client) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(pair) => pair,
-                Err(e) => {
-                    // Out of file descriptors and the like: back off, go on.
-                    warn!(listener = name, error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            _ = shutdown.cancelled() => break,
-        };
+    let timed_out = metrics::counter!(m::HEADER_TIMEOUTS_TOTAL, "listener" => name);
+    while let Some((stream, client, permit)) = listener.accept(&shutdown).await {
+        let head_by = tokio::time::Instant::now() + timeouts.header;
         let _ = stream.set_nodelay(true);
         // A socket's readiness comes from the reactor it is registered
         // with. A connection handed to a worker thread is registered again
@@ -185,13 +356,17 @@ pub async fn serve<H, B>(
             None => Accepted::Here(stream),
         };
         let handler = handler.clone();
+        let head_seen = Arc::new(AtomicBool::new(false));
+        let seen = head_seen.clone();
         let service = service_fn(move |req| {
+            seen.store(true, Ordering::Relaxed);
             let handler = handler.clone();
             async move { Ok::<_, Infallible>(handler.call(req, client).await) }
         });
         let watcher = graceful.watcher();
         let builder = builder.clone();
         let tls = tls.clone();
+        let timed_out = timed_out.clone();
         let task = async move {
             let stream = match stream.register() {
                 Ok(stream) => stream,
@@ -213,8 +388,15 @@ pub async fn serve<H, B>(
             let conn = builder
                 .serve_connection(TokioIo::new(stream), service)
                 .into_owned();
-            if let Err(e) = watcher.watch(conn).await {
-                debug!(listener = name, client = %client, error = %e, "connection ended with an error");
+            match until_first_head(watcher.watch(conn), head_by, &head_seen).await {
+                Some(Ok(())) => {}
+                Some(Err(e)) => {
+                    debug!(listener = name, client = %client, error = %e, "connection ended with an error");
+                }
+                None => {
+                    timed_out.increment(1);
+                    debug!(listener = name, client = %client, "no request head in time; connection closed");
+                }
             }
             if let Some(f) = on_connection {
                 f(-1);
@@ -229,10 +411,39 @@ pub async fn serve<H, B>(
         }
     }
     drop(listener);
+    debug!(listener = name, "stopped accepting");
     tokio::select! {
         _ = graceful.shutdown() => debug!(listener = name, "all connections closed"),
         _ = tokio::time::sleep(grace) => warn!(listener = name, "connections still open after the grace period; closing them"),
     }
+}
+
+/// Runs `conn` to its end, or `None` when no request head arrived by
+/// `deadline` (`seen` is set by the service): then the connection is
+/// dropped, which closes it. The timer is not looked at again once a head
+/// arrived, so a busy connection pays nothing for it.
+async fn until_first_head<F: Future>(
+    conn: F,
+    deadline: tokio::time::Instant,
+    seen: &AtomicBool,
+) -> Option<F::Output> {
+    let mut conn = pin!(conn);
+    let mut timer = pin!(tokio::time::sleep_until(deadline));
+    let mut waiting = true;
+    std::future::poll_fn(|cx| {
+        if let Poll::Ready(done) = conn.as_mut().poll(cx) {
+            return Poll::Ready(Some(done));
+        }
+        if waiting {
+            if seen.load(Ordering::Relaxed) {
+                waiting = false;
+            } else if timer.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(None);
+            }
+        }
+        Poll::Pending
+    })
+    .await
 }
 
 /// An accepted connection on its way to the runtime that serves it.
@@ -275,5 +486,43 @@ mod tests {
         let expected = |i: usize| (Some(i), Some(format!("test-worker-{i}")));
         assert_eq!(got, [expected(0), expected(0), expected(1), expected(1)]);
         assert_eq!(worker_index(), None, "not a worker thread");
+    }
+
+    #[test]
+    fn log_limiter_lets_one_through_per_period_and_counts_the_rest() {
+        let mut limiter = LogLimiter::new(Duration::from_secs(10));
+        let start = Instant::now();
+        let at = |s: u64| start + Duration::from_secs(s);
+        assert_eq!(limiter.allow(at(0)), Some(0), "the first is logged");
+        assert_eq!(limiter.allow(at(1)), None);
+        assert_eq!(limiter.allow(at(9)), None);
+        assert_eq!(
+            limiter.allow(at(10)),
+            Some(2),
+            "then a summary of those held"
+        );
+        assert_eq!(limiter.allow(at(11)), None);
+        assert_eq!(limiter.allow(at(60)), Some(1));
+    }
+
+    #[test]
+    fn connection_limits_leave_room_for_the_api_and_downstreams() {
+        // Plenty of files: what is configured.
+        assert_eq!(
+            fit_to_fd_limit(1 << 20, 1024, &[Some(10_000), None]),
+            (1024, vec![Some(10_000), None])
+        );
+        // 256 files: the API keeps 32, the proxy gets 192 - 32 - 64.
+        assert_eq!(
+            fit_to_fd_limit(256, 1024, &[Some(10_000)]),
+            (32, vec![Some(96)])
+        );
+        // Two proxy listeners share in proportion to what they ask for.
+        assert_eq!(
+            fit_to_fd_limit(1024, 1024, &[Some(3000), Some(1000)]),
+            (128, vec![Some(432), Some(144)])
+        );
+        // Never 0, whatever the limit.
+        assert_eq!(fit_to_fd_limit(8, 5, &[Some(5)]), (1, vec![Some(1)]));
     }
 }

@@ -126,6 +126,33 @@ pub struct HttpConfig {
     /// shared work-stealing runtime.
     #[serde(default)]
     pub workers: Option<usize>,
+    /// Client connections served at once; more are accepted and closed at
+    /// once (counted), and the open file limit may lower it.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// A new connection must send a complete request head within this.
+    #[serde(default = "default_header_timeout_ms")]
+    pub header_timeout_ms: u64,
+    /// A keep-alive connection with no request in flight is closed after this.
+    #[serde(default = "default_idle_timeout_ms")]
+    pub idle_timeout_ms: u64,
+    /// A request body that sends nothing for this long ends the exchange (408).
+    #[serde(default = "default_body_timeout_ms")]
+    pub body_timeout_ms: u64,
+}
+
+impl HttpConfig {
+    pub fn header_timeout(&self) -> Duration {
+        Duration::from_millis(self.header_timeout_ms)
+    }
+
+    pub fn idle_timeout(&self) -> Duration {
+        Duration::from_millis(self.idle_timeout_ms)
+    }
+
+    pub fn body_timeout(&self) -> Duration {
+        Duration::from_millis(self.body_timeout_ms)
+    }
 }
 
 /// A `grpc` section: accepted so that the original examples load; the gRPC
@@ -163,6 +190,10 @@ pub struct TcpConfig {
     /// TLS towards the downstream, verified against `tls.ca`.
     #[serde(default)]
     pub downstream_tls: bool,
+    /// Client connections relayed at once; more are accepted and closed at
+    /// once (counted), and the open file limit may lower it.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
 }
 
 fn host_port<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
@@ -303,6 +334,10 @@ pub struct ApiConfig {
     /// Require client certificates signed by this CA bundle (mutual TLS).
     #[serde(default)]
     pub client_ca: Option<PathBuf>,
+    /// Connections served at once, apart from the proxy listeners' own, so
+    /// `/health` and `/metrics` answer while the proxy is flooded.
+    #[serde(default = "default_api_max_connections")]
+    pub max_connections: usize,
 }
 
 impl Default for ApiConfig {
@@ -313,6 +348,7 @@ impl Default for ApiConfig {
             auth_token: None,
             tls: false,
             client_ca: None,
+            max_connections: default_api_max_connections(),
         }
     }
 }
@@ -688,6 +724,21 @@ fn default_api_port() -> u16 {
 fn default_interval_ms() -> u64 {
     1000
 }
+fn default_max_connections() -> usize {
+    10_000
+}
+fn default_api_max_connections() -> usize {
+    1024
+}
+fn default_header_timeout_ms() -> u64 {
+    10_000
+}
+fn default_idle_timeout_ms() -> u64 {
+    60_000
+}
+fn default_body_timeout_ms() -> u64 {
+    30_000
+}
 fn default_peer_id() -> String {
     "default".into()
 }
@@ -751,6 +802,10 @@ fn default_max_attempts() -> u32 {
 fn default_parked_down_threshold() -> u64 {
     100
 }
+
+/// Largest `max_connections` of a listener: more than one process can
+/// usually have files open.
+pub const MAX_CONNECTIONS: usize = 1 << 20;
 
 /// Largest `sync.shards`: every shard is a stream and a task.
 pub const MAX_SHARDS: u32 = 1024;
@@ -886,11 +941,36 @@ impl Config {
                 self.sync.peer.as_ref().map(|p| p.timeout_ms),
             ),
         ];
+        let http = self.http.as_ref().filter(|h| h.enabled);
+        let waits = waits.into_iter().chain([
+            ("http.header_timeout_ms", http.map(|h| h.header_timeout_ms)),
+            ("http.idle_timeout_ms", http.map(|h| h.idle_timeout_ms)),
+            ("http.body_timeout_ms", http.map(|h| h.body_timeout_ms)),
+        ]);
         for (key, ms) in waits {
             if let Some(ms) = ms.filter(|ms| !(1..=MAX_WAIT_MS).contains(ms)) {
                 return Err(invalid(
                     key,
                     format!("must be 1 to {MAX_WAIT_MS} ms (an hour), not {ms}"),
+                ));
+            }
+        }
+        let limits = [
+            ("http.max_connections", http.map(|h| h.max_connections)),
+            (
+                "tcp.max_connections",
+                self.tcp
+                    .as_ref()
+                    .filter(|t| t.enabled)
+                    .map(|t| t.max_connections),
+            ),
+            ("api.max_connections", Some(self.api.max_connections)),
+        ];
+        for (key, n) in limits {
+            if let Some(n) = n.filter(|n| !(1..=MAX_CONNECTIONS).contains(n)) {
+                return Err(invalid(
+                    key,
+                    format!("must be 1 to {MAX_CONNECTIONS}, not {n}"),
                 ));
             }
         }
@@ -1425,6 +1505,65 @@ mod tests {
         // Tests and `qproxy demo --any-ports` let the system pick ports.
         let any = record(r#""http": {"port": 0, "downstream": "http://a:1"}, "api": {"port": 0}"#);
         Config::parse_allowing_any_port(&any, Path::new("demo")).unwrap();
+    }
+
+    #[test]
+    fn connection_limits_and_timeouts_are_checked() {
+        let record = |http: &str, rest: &str| {
+            format!(
+                r#"{{"mode": "Record", "http": {{"port": 8080, "downstream": "http://a:1"{http}}}{rest}}}"#
+            )
+        };
+        for (http, rest, says) in [
+            (
+                r#", "header_timeout_ms": 0"#,
+                "",
+                "http.header_timeout_ms: must be 1 to 3600000 ms (an hour), not 0",
+            ),
+            (
+                r#", "idle_timeout_ms": 3600001"#,
+                "",
+                "http.idle_timeout_ms: must be 1 to 3600000 ms (an hour), not 3600001",
+            ),
+            (
+                r#", "body_timeout_ms": 0"#,
+                "",
+                "http.body_timeout_ms: must be 1 to 3600000 ms (an hour), not 0",
+            ),
+            (
+                r#", "max_connections": 0"#,
+                "",
+                "http.max_connections: must be 1 to 1048576, not 0",
+            ),
+            (
+                "",
+                r#", "tcp": {"port": 9000, "downstream": "a:1", "max_connections": 0}"#,
+                "tcp.max_connections: must be 1 to 1048576, not 0",
+            ),
+            (
+                "",
+                r#", "api": {"max_connections": 1048577}"#,
+                "api.max_connections: must be 1 to 1048576, not 1048577",
+            ),
+        ] {
+            let err = parse(&record(http, rest)).unwrap_err().to_string();
+            assert!(err.starts_with("test.json:1:"), "{http}{rest}: {err}");
+            assert!(err.contains(says), "{http}{rest}: {err}");
+        }
+        let config = parse(&record("", "")).unwrap();
+        let http = config.http.unwrap();
+        assert_eq!(
+            (http.max_connections, config.api.max_connections),
+            (10_000, 1024)
+        );
+        assert_eq!(
+            (
+                http.header_timeout_ms,
+                http.idle_timeout_ms,
+                http.body_timeout_ms
+            ),
+            (10_000, 60_000, 30_000)
+        );
     }
 
     #[test]

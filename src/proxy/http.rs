@@ -6,16 +6,18 @@
 //! downstream with the body streamed through a [`TeeBody`] → stream the
 //! response back through another. Downstream failure answers 502 with a
 //! short reason and is recorded too; a request body the client breaks
-//! (bad chunked coding, cut short) answers 400.
+//! (bad chunked coding, cut short) answers 400, one that stalls for
+//! `http.body_timeout_ms` answers 408.
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::header::{ALLOW, HOST};
+use http::header::{ALLOW, CONNECTION, HOST};
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
 use http_body::{Body, Frame, SizeHint};
@@ -46,7 +48,12 @@ struct Inner {
     downstream: Downstream,
     recorder: Option<Recorder>,
     metrics: m::RequestMetrics,
+    /// The longest a request body may send nothing.
+    body_timeout: Duration,
 }
+
+/// What `http.body_timeout_ms` is by default.
+const BODY_TIMEOUT: Duration = Duration::from_secs(30);
 
 impl HttpProxy {
     /// A proxy to `downstream` (https ones with `tls`) with `pools`
@@ -66,8 +73,17 @@ impl HttpProxy {
                 metrics: m::RequestMetrics::new("http"),
                 downstream,
                 recorder,
+                body_timeout: BODY_TIMEOUT,
             }),
         }
+    }
+
+    /// A request body that sends nothing for `gap` ends its exchange (408).
+    pub fn with_body_timeout(mut self, gap: Duration) -> HttpProxy {
+        Arc::get_mut(&mut self.inner)
+            .expect("set before the proxy is shared")
+            .body_timeout = gap;
+        self
     }
 }
 
@@ -96,14 +112,40 @@ pub fn target_uri(downstream: &Downstream, uri: &Uri) -> Result<Uri, http::Error
 }
 
 /// The client's request body. Its errors have their own type so that a
-/// failed exchange can tell the client's broken body (400) from a failed
-/// downstream (502): hyper's client error carries it as a source.
-pub struct ClientBody(Incoming);
+/// failed exchange can tell the client's broken or stalled body (400, 408)
+/// from a failed downstream (502): hyper's client error carries it as a
+/// source.
+pub struct ClientBody {
+    inner: Incoming,
+    /// The longest the client may send nothing while a frame is awaited.
+    gap: Duration,
+    /// Made the first time the body keeps us waiting (a body that comes
+    /// with its head never needs one), reset only when a wait follows a
+    /// frame: nothing per frame while data flows.
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// A frame came since the timer was last set.
+    progressed: bool,
+}
+
+impl ClientBody {
+    fn new(inner: Incoming, gap: Duration) -> ClientBody {
+        ClientBody {
+            inner,
+            gap,
+            timer: None,
+            progressed: false,
+        }
+    }
+}
 
 /// Reading the client's request body failed.
 #[derive(Debug, thiserror::Error)]
-#[error(transparent)]
-pub struct ClientBodyError(hyper::Error);
+pub enum ClientBodyError {
+    #[error(transparent)]
+    Read(hyper::Error),
+    #[error("the client sent nothing for {} ms", .0.as_millis())]
+    Stalled(Duration),
+}
 
 impl Body for ClientBody {
     type Data = Bytes;
@@ -113,17 +155,33 @@ impl Body for ClientBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, ClientBodyError>>> {
-        Pin::new(&mut self.0)
-            .poll_frame(cx)
-            .map(|frame| frame.map(|f| f.map_err(ClientBodyError)))
+        let this = &mut *self;
+        if let Poll::Ready(frame) = Pin::new(&mut this.inner).poll_frame(cx) {
+            this.progressed = true;
+            return Poll::Ready(frame.map(|f| f.map_err(ClientBodyError::Read)));
+        }
+        let timer = match &mut this.timer {
+            Some(timer) => {
+                if this.progressed {
+                    timer.as_mut().reset(tokio::time::Instant::now() + this.gap);
+                }
+                timer
+            }
+            None => this.timer.insert(Box::pin(tokio::time::sleep(this.gap))),
+        };
+        this.progressed = false;
+        match timer.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Some(Err(ClientBodyError::Stalled(this.gap)))),
+            Poll::Pending => Poll::Pending,
+        }
     }
 
     fn is_end_stream(&self) -> bool {
-        self.0.is_end_stream()
+        self.inner.is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.0.size_hint()
+        self.inner.size_hint()
     }
 }
 
@@ -234,7 +292,7 @@ impl Handler<ResponseBody> for HttpProxy {
         if let Some(len) = http_body::Body::size_hint(&body).exact() {
             inner.metrics.request_size.record(len as f64);
         }
-        let body = ClientBody(body);
+        let body = ClientBody::new(body, inner.body_timeout);
         let body = match &capture {
             Some(capture) => TeeBody::tapped(body, capture.clone(), Side::Request),
             None => TeeBody::plain(body),
@@ -261,6 +319,29 @@ impl Handler<ResponseBody> for HttpProxy {
                     None => TeeBody::plain(body),
                 };
                 Response::from_parts(parts, Either::Left(body))
+            }
+            Err(e) if matches!(client_body_error(&e), Some(ClientBodyError::Stalled(_))) => {
+                let reason = super::root_cause(&e);
+                debug!(client = %client, error = %reason, "request body stalled");
+                inner.metrics.request(&method, 408);
+                counter!(m::HTTP_ERRORS_TOTAL, "kind" => "timeout").increment(1);
+                if let Some(capture) = capture {
+                    capture.close(
+                        Side::Response,
+                        BodyBuf::default(),
+                        Some(format!("request body: {reason}")),
+                    );
+                }
+                // The rest of the body may still come: this connection
+                // cannot carry another request.
+                let mut response = text_response(
+                    StatusCode::REQUEST_TIMEOUT,
+                    format!("qproxy: the request body stalled: {reason}\n"),
+                );
+                response
+                    .headers_mut()
+                    .insert(CONNECTION, HeaderValue::from_static("close"));
+                response.map(Either::Right)
             }
             Err(e) if client_body_error(&e).is_some() => {
                 let reason = super::root_cause(&e);

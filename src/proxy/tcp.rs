@@ -17,14 +17,15 @@ use bytes::Bytes;
 use metrics::{counter, gauge};
 use rustls::pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{debug, warn};
+use tracing::debug;
 
 use crate::metrics as m;
 use crate::record::recorder::Recorder;
 use crate::record::{Body, Exchange, Record, TcpChunk, TcpSession};
+use crate::server::Listener;
 use crate::tls::{Stream, TlsAcceptor, TlsConnector, TlsError};
 
 const BUFFER: usize = 64 << 10;
@@ -145,20 +146,9 @@ impl TcpProxy {
     }
 
     /// Accepts until `shutdown`, then gives open connections `grace`.
-    pub async fn serve(self, listener: TcpListener, shutdown: CancellationToken, grace: Duration) {
+    pub async fn serve(self, mut listener: Listener, shutdown: CancellationToken, grace: Duration) {
         let tracker = TaskTracker::new();
-        loop {
-            let (client, addr) = tokio::select! {
-                accepted = listener.accept() => match accepted {
-                    Ok(pair) => pair,
-                    Err(e) => {
-                        warn!(error = %e, "tcp accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                },
-                _ = shutdown.cancelled() => break,
-            };
+        while let Some((client, addr, permit)) = listener.accept(&shutdown).await {
             let proxy = self.clone();
             let stop = shutdown.clone();
             tracker.spawn(async move {
@@ -168,6 +158,7 @@ impl TcpProxy {
                     _ = async { stop.cancelled().await; tokio::time::sleep(grace).await } => {}
                 }
                 gauge!(m::TCP_ACTIVE_CONNECTIONS).decrement(1.0);
+                drop(permit);
             });
         }
         drop(listener);

@@ -500,11 +500,35 @@ pub struct NodeProcess {
 
 impl NodeProcess {
     pub fn spawn(config: &Value, dir: &Path, name: &str) -> NodeProcess {
+        NodeProcess::spawn_command(
+            Command::new(env!("CARGO_BIN_EXE_qproxy")),
+            config,
+            dir,
+            name,
+        )
+    }
+
+    /// Started under `prlimit` with this (soft, hard) open file limit.
+    pub fn spawn_with_fd_limit(
+        config: &Value,
+        dir: &Path,
+        name: &str,
+        (soft, hard): (u64, u64),
+    ) -> NodeProcess {
+        let mut command = Command::new("prlimit");
+        command
+            .arg(format!("--nofile={soft}:{hard}"))
+            .arg("--")
+            .arg(env!("CARGO_BIN_EXE_qproxy"));
+        NodeProcess::spawn_command(command, config, dir, name)
+    }
+
+    fn spawn_command(mut command: Command, config: &Value, dir: &Path, name: &str) -> NodeProcess {
         let config_path = dir.join(format!("{name}.json"));
         std::fs::write(&config_path, serde_json::to_vec_pretty(config).unwrap()).unwrap();
         let log_path = dir.join(format!("{name}.log"));
         let log = std::fs::File::create(&log_path).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_qproxy"))
+        let child = command
             .arg("-c")
             .arg(&config_path)
             .stdout(Stdio::null())

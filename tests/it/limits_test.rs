@@ -1,0 +1,322 @@
+//! Clients that hold connections and send nothing, or almost nothing: they
+//! are timed out, a flood of them is refused and counted, and the API keeps
+//! answering through it.
+
+use std::io::Read;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, StatusCode};
+use http_body_util::Full;
+use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::support::{
+    self, eventually, free_port, get_json, get_text, FakeDownstream, NodeProcess,
+};
+
+/// A proxy-only Record node (nothing recorded) to `downstream`, with `http`
+/// merged into its `http` section.
+fn proxy_config(downstream: &str, dir: &std::path::Path, http: Value) -> Value {
+    let mut config = support::record_config(
+        downstream,
+        1,
+        &support::StoreChoice::Embedded(dir.to_owned()),
+    );
+    config["record"] = json!({"enabled": false});
+    for (key, value) in http.as_object().expect("an object") {
+        config["http"][key] = value.clone();
+    }
+    config
+}
+
+/// Everything the server sends until it closes the connection (or resets
+/// it); panics if it is still open after `deadline`.
+async fn read_until_closed(stream: &mut TcpStream, deadline: Duration) -> String {
+    let mut got = Vec::new();
+    let read = tokio::time::timeout(deadline, async {
+        let mut buf = [0u8; 4096];
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await;
+    let got = String::from_utf8_lossy(&got).into_owned();
+    assert!(
+        read.is_ok(),
+        "the node did not close the connection within {deadline:?}; it sent {got:?}"
+    );
+    got
+}
+
+/// Opens `n` plain connections that send nothing, non-blocking so that
+/// [`closed_count`] can look at them.
+fn idle_connections(to: SocketAddr, n: usize) -> Vec<std::net::TcpStream> {
+    (0..n)
+        .map(|i| {
+            let stream = std::net::TcpStream::connect_timeout(&to, Duration::from_secs(5))
+                .unwrap_or_else(|e| panic!("idle connection {i} to {to}: {e}"));
+            stream.set_nonblocking(true).unwrap();
+            stream
+        })
+        .collect()
+}
+
+/// How many of `streams` the other side has closed (EOF or reset).
+fn closed_count(streams: &[std::net::TcpStream]) -> usize {
+    let mut buf = [0u8; 64];
+    streams
+        .iter()
+        .filter(|&(mut s)| match s.read(&mut buf) {
+            Ok(0) => true,
+            Ok(_) => false,
+            Err(e) => e.kind() != std::io::ErrorKind::WouldBlock,
+        })
+        .count()
+}
+
+/// The value of `name{listener="…"}` on a `/metrics` page, 0 when absent.
+fn metric(page: &str, name: &str, listener: &str) -> f64 {
+    let prefix = format!("{name}{{listener=\"{listener}\"}} ");
+    page.lines()
+        .find_map(|line| line.strip_prefix(&prefix))
+        .map_or(0.0, |v| v.trim().parse().unwrap())
+}
+
+async fn health_answers(api: SocketAddr) -> Option<()> {
+    let response = support::client()
+        .request(
+            Request::get(format!("http://{api}/health"))
+                .body(Full::<Bytes>::default())
+                .ok()?,
+        )
+        .await
+        .ok()?;
+    let status = response.status();
+    let body = http_body_util::BodyExt::collect(response.into_body())
+        .await
+        .ok()?
+        .to_bytes();
+    let health: Value = serde_json::from_slice(&body).ok()?;
+    let answered = matches!(status, StatusCode::OK | StatusCode::SERVICE_UNAVAILABLE)
+        && health["status"].is_string();
+    answered.then_some(())
+}
+
+async fn proxy_answers(proxy: SocketAddr) -> Option<()> {
+    let response = support::client()
+        .request(
+            Request::get(format!("http://{proxy}/after"))
+                .body(Full::<Bytes>::default())
+                .ok()?,
+        )
+        .await
+        .ok()?;
+    (response.status() == StatusCode::OK).then_some(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn limits_test_a_connection_that_sends_nothing_is_closed_after_the_header_timeout() {
+    let downstream = FakeDownstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let node = support::start_node(proxy_config(
+        &downstream.url(),
+        dir.path(),
+        json!({"header_timeout_ms": 300}),
+    ))
+    .await;
+    let proxy = node.http_addr.unwrap();
+
+    let mut silent = TcpStream::connect(proxy).await.unwrap();
+    let said = read_until_closed(&mut silent, Duration::from_secs(10)).await;
+    assert_eq!(said, "", "a silent connection is closed without an answer");
+
+    // A head begun but never finished is cut off as well.
+    let mut slow = TcpStream::connect(proxy).await.unwrap();
+    slow.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    read_until_closed(&mut slow, Duration::from_secs(10)).await;
+
+    // Clients that send their request are served as before.
+    proxy_answers(proxy)
+        .await
+        .expect("a prompt client is served");
+    assert_eq!(
+        downstream.count(),
+        1,
+        "only the prompt request reached the downstream"
+    );
+    node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn limits_test_an_idle_keep_alive_connection_is_closed_after_the_idle_timeout() {
+    let downstream = FakeDownstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let node = support::start_node(proxy_config(
+        &downstream.url(),
+        dir.path(),
+        json!({"header_timeout_ms": 60000, "idle_timeout_ms": 300}),
+    ))
+    .await;
+    let proxy = node.http_addr.unwrap();
+
+    let mut conn = TcpStream::connect(proxy).await.unwrap();
+    conn.write_all(b"GET /one HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let said = read_until_closed(&mut conn, Duration::from_secs(10)).await;
+    assert!(
+        said.starts_with("HTTP/1.1 200"),
+        "answered, then closed once idle: {said:?}"
+    );
+    node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn limits_test_a_stalled_request_body_gets_408_and_others_are_served() {
+    let downstream = FakeDownstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let node = support::start_node(proxy_config(
+        &downstream.url(),
+        dir.path(),
+        json!({"body_timeout_ms": 300}),
+    ))
+    .await;
+    let proxy = node.http_addr.unwrap();
+
+    let mut stalled = TcpStream::connect(proxy).await.unwrap();
+    stalled
+        .write_all(b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nA")
+        .await
+        .unwrap();
+    let said = read_until_closed(&mut stalled, Duration::from_secs(10)).await;
+    assert!(
+        said.starts_with("HTTP/1.1 408"),
+        "a body that stalls is answered 408, then the connection closes: {said:?}"
+    );
+    assert!(
+        said.contains("request body"),
+        "the answer says why: {said:?}"
+    );
+
+    proxy_answers(proxy)
+        .await
+        .expect("other clients are served");
+    let page = get_text(&format!("http://{}/metrics", node.api_addr)).await;
+    assert!(
+        page.contains(r#"http_errors_total{kind="timeout"}"#),
+        "the timeout is counted:\n{page}"
+    );
+    node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn limits_test_connections_over_max_connections_are_refused_and_counted() {
+    let downstream = FakeDownstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let node = support::start_node(proxy_config(
+        &downstream.url(),
+        dir.path(),
+        json!({"max_connections": 20, "header_timeout_ms": 60000}),
+    ))
+    .await;
+    let (proxy, api) = (node.http_addr.unwrap(), node.api_addr);
+    let before = metric(
+        &get_text(&format!("http://{api}/metrics")).await,
+        "qproxy_connections_refused_total",
+        "http",
+    );
+
+    let idle = idle_connections(proxy, 50);
+    let closed = eventually("30 connections refused", Duration::from_secs(10), || {
+        let closed = closed_count(&idle);
+        async move { (closed >= 30).then_some(closed) }
+    })
+    .await;
+    assert_eq!(closed, 30, "the first 20 are held, the other 30 refused");
+    eventually("/health answers", Duration::from_secs(10), || {
+        health_answers(api)
+    })
+    .await;
+    let page = get_text(&format!("http://{api}/metrics")).await;
+    let refused = metric(&page, "qproxy_connections_refused_total", "http") - before;
+    assert!(
+        refused >= 30.0,
+        "refused connections are counted: {refused}\n{page}"
+    );
+
+    drop(idle);
+    eventually(
+        "the proxy serves once the idle ones left",
+        Duration::from_secs(10),
+        || proxy_answers(proxy),
+    )
+    .await;
+    node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn limits_test_a_flood_under_a_low_fd_limit_leaves_health_answering() {
+    let downstream = FakeDownstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (proxy_port, api_port) = (free_port(), free_port());
+    let mut config = proxy_config(&downstream.url(), dir.path(), json!({"port": proxy_port}));
+    config["api"]["port"] = json!(api_port);
+    config["logging"] = json!({"level": "info"});
+    let node = NodeProcess::spawn_with_fd_limit(&config, dir.path(), "flooded", (128, 256));
+    let proxy: SocketAddr = ([127, 0, 0, 1], proxy_port).into();
+    let api: SocketAddr = ([127, 0, 0, 1], api_port).into();
+    eventually("the node is up", Duration::from_secs(20), || {
+        health_answers(api)
+    })
+    .await;
+
+    let flood = idle_connections(proxy, 400);
+    eventually(
+        "refused connections are closed",
+        Duration::from_secs(10),
+        || {
+            let closed = closed_count(&flood);
+            async move { (closed > 0).then_some(()) }
+        },
+    )
+    .await;
+    for _ in 0..5 {
+        eventually(
+            "/health answers during the flood",
+            Duration::from_secs(10),
+            || health_answers(api),
+        )
+        .await;
+    }
+    let (status, _) = get_json(&format!("http://{api}/api/status")).await;
+    assert_eq!(status, StatusCode::OK);
+    let page = get_text(&format!("http://{api}/metrics")).await;
+    assert!(
+        metric(&page, "qproxy_connections_refused_total", "http") > 0.0,
+        "the flood is counted:\n{page}"
+    );
+
+    let log = node.log();
+    assert!(
+        log.contains("raised the open file limit from 128 to 256"),
+        "the soft limit is raised to the hard one:\n{log}"
+    );
+    assert!(
+        log.contains("http.max_connections lowered"),
+        "the node says it lowered the proxy's limit to fit 256 files:\n{log}"
+    );
+    let accept_lines = log.lines().filter(|l| l.contains("accept")).count();
+    assert!(
+        accept_lines < 20,
+        "{accept_lines} lines about accept:\n{log}"
+    );
+    drop(flood);
+}
