@@ -725,7 +725,7 @@ fn default_interval_ms() -> u64 {
     1000
 }
 fn default_max_connections() -> usize {
-    10_000
+    20_000
 }
 fn default_api_max_connections() -> usize {
     1024
@@ -1554,7 +1554,7 @@ mod tests {
         let http = config.http.unwrap();
         assert_eq!(
             (http.max_connections, config.api.max_connections),
-            (10_000, 1024)
+            (20_000, 1024)
         );
         assert_eq!(
             (

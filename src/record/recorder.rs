@@ -24,12 +24,12 @@ use tracing::{debug, info, warn};
 use super::capture::RawExchange;
 use super::encode::encode_exchange;
 use super::shard::{shard_of, shard_of_client};
+use super::signal::ShardSignal;
 use super::spool::{DiskSpool, Recovered, SpoolError};
 use super::{split_pieces, Exchange, Record, RecordId};
 use crate::config::RecordConfig;
 use crate::metrics as m;
 use crate::store::{NewRecord, Store};
-use super::signal::ShardSignal;
 
 /// Counters shown by `/api/status` and `/health`.
 #[derive(Debug, Default)]

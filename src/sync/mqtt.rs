@@ -297,31 +297,4 @@ mod tests {
         assert_eq!(t.query(), "qp/zone-a/query");
         assert_eq!(t.commit(), "qp/zone-a/commit");
     }
-
-    #[tokio::test]
-    async fn signals_coalesce_per_shard() {
-        let signal = ShardSignal::new(3);
-        signal.written(0, RecordId::new(1, 0));
-        signal.written(0, RecordId::new(1, 1));
-        signal.written(2, RecordId::new(2, 0));
-        signal.written(9, RecordId::new(3, 0));
-        let news = signal.take().await;
-        assert_eq!(
-            news,
-            vec![
-                Notification {
-                    shard: 0,
-                    last_id: RecordId::new(1, 1),
-                    records: 2
-                },
-                Notification {
-                    shard: 2,
-                    last_id: RecordId::new(2, 0),
-                    records: 1
-                },
-            ]
-        );
-        let json = serde_json::to_string(&news[0]).unwrap();
-        assert_eq!(json, r#"{"shard":0,"last_id":"1-1","records":2}"#);
-    }
 }
