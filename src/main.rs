@@ -87,6 +87,17 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // The PEM files are part of the configuration: a bad one is exit 2 too.
+    let tls = match qproxy::tls::Setup::new(&config) {
+        Ok(tls) => tls,
+        Err(e) => {
+            eprintln!(
+                "qproxy: configuration error: {}",
+                config.invalid(e.key(), e.message())
+            );
+            return ExitCode::from(2);
+        }
+    };
     if cli.check_config {
         println!(
             "{}: ok ({} node, {} shard(s), store: {})",
@@ -127,7 +138,7 @@ fn main() -> ExitCode {
         }
     };
     let code = runtime.block_on(async move {
-        let node = match qproxy::node::start(config).await {
+        let node = match qproxy::node::start_with_tls(config, tls).await {
             Ok(node) => node,
             Err(e) => {
                 tracing::error!("{e}");

@@ -88,8 +88,18 @@ async fn bind(what: &'static str, host: &str, port: u16) -> Result<TcpListener, 
 
 /// Opens the store, binds the listeners and starts everything.
 pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
-    crate::metrics::handle();
     let tls = crate::tls::Setup::new(&config)?;
+    start_with_tls(config, tls).await
+}
+
+/// [`start`] with the TLS setup already read from the config's PEM files
+/// (the command reads them first, to report a bad file as a configuration
+/// error).
+pub async fn start_with_tls(
+    config: Config,
+    tls: crate::tls::Setup,
+) -> Result<RunningNode, NodeError> {
+    crate::metrics::handle();
     let tcp_target = match config.tcp.as_ref().filter(|t| t.enabled) {
         Some(t) => Some(TcpTarget::new(
             &t.downstream,

@@ -410,3 +410,51 @@ async fn within_handshake_timeout<T>(
             ))
         })
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+
+    /// What the command prints for a config whose TLS files are bad.
+    fn setup_error(text: &str) -> String {
+        let config =
+            Config::parse(text, Path::new("test.json")).expect("the config itself is fine");
+        let e = Setup::new(&config)
+            .err()
+            .expect("the TLS files are refused");
+        config.invalid(e.key(), e.message()).to_string()
+    }
+
+    #[test]
+    fn missing_files_are_named_with_their_key_and_position() {
+        let http = r#""http": {"port": 8080, "downstream": "https://localhost:8443"}"#;
+        let err = setup_error(&format!(
+            r#"{{"mode": "Record", {http},
+  "tls": {{"tls_cert": "/nonexistent/c.pem", "tls_key": "/nonexistent/k.pem"}}}}"#
+        ));
+        assert!(
+            err.starts_with("test.json:2:11: tls.tls_cert: `/nonexistent/c.pem`: cannot read it"),
+            "{err}"
+        );
+        let err = setup_error(&format!(
+            r#"{{"mode": "Record", {http}, "tls": {{"ca": "/nonexistent/ca.pem"}}}}"#
+        ));
+        assert!(err.contains(": tls.ca: "), "{err}");
+        assert!(err.contains("/nonexistent/ca.pem"), "{err}");
+    }
+
+    #[test]
+    fn a_pem_file_without_a_certificate_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("ca.pem");
+        std::fs::write(&ca, "not a certificate\n").unwrap();
+        let err = setup_error(&format!(
+            r#"{{"mode": "Record", "http": {{"port": 1, "downstream": "http://a:1"}}, "tls": {{"ca": "{}"}}}}"#,
+            ca.display()
+        ));
+        assert!(err.contains("tls.ca"), "{err}");
+        assert!(err.contains("no CERTIFICATE in it"), "{err}");
+    }
+}

@@ -13,6 +13,7 @@ pub use json_path::JsonPath;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Deserializer};
@@ -99,6 +100,18 @@ pub struct Config {
     pub logging: LoggingConfig,
     #[serde(default)]
     pub mqtt: Option<MqttSection>,
+    /// The text it was read from, so checks made later (the TLS files)
+    /// report their key's line and column like every other mistake.
+    #[serde(skip)]
+    source: Option<Arc<Source>>,
+}
+
+#[derive(Debug)]
+struct Source {
+    path: PathBuf,
+    text: String,
+    /// `text` without comments and trailing commas.
+    plain: String,
 }
 
 fn default_data_dir() -> PathBuf {
@@ -857,14 +870,41 @@ impl Config {
             column: e.column,
             message: e.to_string(),
         })?;
-        let config: Config = serde_json::from_str(&plain).map_err(|e| ConfigError::Syntax {
+        let mut config: Config = serde_json::from_str(&plain).map_err(|e| ConfigError::Syntax {
             path: path.to_owned(),
             line: e.line(),
             column: jsonc::char_column(text.as_bytes(), e.line(), e.column()),
             message: explain(&e, &plain),
         })?;
-        config.check(path, text, &plain, any_port)?;
+        config.source = Some(Arc::new(Source {
+            path: path.to_owned(),
+            text: text.to_owned(),
+            plain,
+        }));
+        config.check(any_port)?;
         Ok(config)
+    }
+
+    /// A mistake found in `key`, with the file, line and column of the key
+    /// when it is in the file (for checks made after loading, such as
+    /// reading the TLS files).
+    pub fn invalid(&self, key: &'static str, message: String) -> ConfigError {
+        let segments: Vec<&str> = key.split('.').collect();
+        match &self.source {
+            Some(source) => ConfigError::Invalid {
+                path: source.path.clone(),
+                at: jsonc::key_offset(&source.plain, &segments)
+                    .map(|offset| jsonc::position(source.text.as_bytes(), offset)),
+                key,
+                message,
+            },
+            None => ConfigError::Invalid {
+                path: PathBuf::from("(configuration)"),
+                at: None,
+                key,
+                message,
+            },
+        }
     }
 
     pub fn mqtt_enabled(&self) -> bool {
@@ -910,23 +950,8 @@ impl Config {
 
     /// Rules that involve more than one key. `text` is the file, `plain`
     /// the same without comments (same byte offsets), to find keys in.
-    fn check(
-        &self,
-        path: &Path,
-        text: &str,
-        plain: &str,
-        any_port: bool,
-    ) -> Result<(), ConfigError> {
-        let invalid = |key: &'static str, message: String| {
-            let segments: Vec<&str> = key.split('.').collect();
-            ConfigError::Invalid {
-                path: path.to_owned(),
-                at: jsonc::key_offset(plain, &segments)
-                    .map(|offset| jsonc::position(text.as_bytes(), offset)),
-                key,
-                message,
-            }
-        };
+    fn check(&self, any_port: bool) -> Result<(), ConfigError> {
+        let invalid = |key: &'static str, message: String| self.invalid(key, message);
         if self.sync.shards == 0 || self.sync.shards > MAX_SHARDS {
             return Err(invalid(
                 "sync.shards",
@@ -1088,7 +1113,6 @@ impl Config {
         }
         self.check_tls()
             .map_err(|(key, message)| invalid(key, message))?;
-        crate::tls::Setup::new(self).map_err(|e| invalid(e.key(), e.message()))?;
         if let Some(redis) = &self.redis {
             if let Err(e) = redis::Client::open(redis.url.as_str()) {
                 return Err(invalid("redis.url", format!("{e}")));
@@ -1580,16 +1604,6 @@ mod tests {
                 "tls",
                 "client_cert and client_key go together",
             ),
-            (
-                r#"{"tls_cert": "/nonexistent/c.pem", "tls_key": "/nonexistent/k.pem"}"#,
-                "tls.tls_cert",
-                "`/nonexistent/c.pem`: cannot read it",
-            ),
-            (
-                r#"{"ca": "/nonexistent/ca.pem"}"#,
-                "tls.ca",
-                "/nonexistent/ca.pem",
-            ),
         ] {
             let text = format!(r#"{{"mode": "Record", {http}, "tls": {tls}}}"#);
             let err = parse(&text).unwrap_err().to_string();
@@ -1607,19 +1621,5 @@ mod tests {
             err.contains("api.client_ca: client certificates need TLS"),
             "{err}"
         );
-    }
-
-    #[test]
-    fn a_pem_file_without_a_certificate_is_named() {
-        let dir = tempfile::tempdir().unwrap();
-        let ca = dir.path().join("ca.pem");
-        std::fs::write(&ca, "not a certificate\n").unwrap();
-        let text = format!(
-            r#"{{"mode": "Record", "tls": {{"ca": "{}"}}}}"#,
-            ca.display()
-        );
-        let err = parse(&text).unwrap_err().to_string();
-        assert!(err.contains("tls.ca"), "{err}");
-        assert!(err.contains("no CERTIFICATE in it"), "{err}");
     }
 }

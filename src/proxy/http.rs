@@ -30,7 +30,8 @@ use tracing::debug;
 use super::headers::{append_forwarded_for, strip_hop_by_hop};
 use crate::config::Downstream;
 use crate::metrics as m;
-use crate::record::capture::{BodyBuf, Capture, Side, TeeBody};
+use crate::record::capture::{Capture, Side, TeeBody};
+use crate::record::exchange::BodyBuf;
 use crate::record::recorder::Recorder;
 use crate::server::Handler;
 

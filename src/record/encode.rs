@@ -13,7 +13,7 @@ use http::{HeaderMap, HeaderName};
 use serde::ser::{SerializeSeq, Serializer};
 use serde::Serialize;
 
-use super::capture::{BodyBuf, RawExchange};
+use super::exchange::{BodyBuf, RawExchange};
 use super::{header_value_text, text_in};
 use crate::model::headers::is_hop_by_hop;
 

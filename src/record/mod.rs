@@ -4,6 +4,7 @@
 
 pub mod capture;
 pub mod encode;
+pub mod exchange;
 pub mod recorder;
 pub mod shard;
 pub mod signal;

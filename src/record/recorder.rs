@@ -21,8 +21,8 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
-use super::capture::RawExchange;
 use super::encode::encode_exchange;
+use super::exchange::RawExchange;
 use super::shard::{shard_of, shard_of_client};
 use super::signal::ShardSignal;
 use super::spool::{DiskSpool, Recovered, SpoolError};

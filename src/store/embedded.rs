@@ -14,9 +14,9 @@ use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, WriteTran
 use tracing::{info, warn};
 
 use super::{decode_result, encode_result, NewRecord, ReplayWrite, StoreError, StoredRecord};
-use crate::playback::ReplayResult;
-use crate::record::RecordId;
-use crate::sync::Checkpoint;
+use crate::model::id::RecordId;
+use crate::model::replay::ReplayResult;
+use crate::model::sync::Checkpoint;
 
 type IdKey = (u32, u64, u64);
 

@@ -21,9 +21,9 @@ use super::{
     decode_result, encode_result, NewRecord, Persistence, ReplayWrite, StoreError, StoredRecord,
 };
 use crate::config::RedisConfig;
-use crate::playback::ReplayResult;
-use crate::record::RecordId;
-use crate::sync::Checkpoint;
+use crate::model::id::RecordId;
+use crate::model::replay::ReplayResult;
+use crate::model::sync::Checkpoint;
 
 pub struct RedisStore {
     client: redis::Client,
@@ -123,7 +123,7 @@ impl RedisStore {
 
 fn parse_id(shard: u32, id: &str) -> Result<RecordId, StoreError> {
     id.parse()
-        .map_err(|e: crate::record::BadRecordId| StoreError::Corrupt {
+        .map_err(|e: crate::model::id::BadRecordId| StoreError::Corrupt {
             shard,
             id: RecordId::ZERO,
             message: e.to_string(),

@@ -8,6 +8,7 @@ mod support;
 mod config_test;
 mod demo_test;
 mod failure_test;
+mod layers_test;
 mod limits_test;
 mod mqtt_integration_test;
 mod mqtt_test;
