@@ -106,7 +106,7 @@ fn config(text: Value) -> Config {
 }
 
 async fn call(method: Method, url: &str, body: &'static str) -> Option<(StatusCode, Value)> {
-    let client = crate::proxy::pooled_client::<Full<Bytes>>(crate::tls::no_client_tls());
+    let client = crate::downstream::pooled_client::<Full<Bytes>>(crate::tls::no_client_tls());
     let req = Request::builder()
         .method(method)
         .uri(url)

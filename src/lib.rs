@@ -32,6 +32,7 @@ pub mod broker;
 pub mod clock;
 pub mod config;
 pub mod demo;
+pub mod downstream;
 pub mod metrics;
 pub mod model;
 pub mod mqtt_client;

@@ -12,10 +12,11 @@ use tracing::{debug, info, warn};
 
 use crate::api::{Api, ApiState, PlaybackApi};
 use crate::config::{Config, Mode, SpoolMode};
+use crate::downstream::TcpTarget;
 use crate::mqtt_client::{MqttClient, MqttConfig};
 use crate::playback::{Comparator, PlaybackStats, Replayer, RetryPolicy, SyncLink, SyncRunner};
 use crate::proxy::http::HttpProxy;
-use crate::proxy::tcp::{TcpProxy, TcpTarget};
+use crate::proxy::tcp::TcpProxy;
 use crate::record::recorder::Recorder;
 use crate::record::spool::{DiskSpool, Recovered};
 use crate::record::RecordId;

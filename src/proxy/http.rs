@@ -18,8 +18,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::header::{ALLOW, CONNECTION, HOST};
-use http::uri::{Authority, PathAndQuery, Scheme};
-use http::{HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
+use http::uri::Authority;
+use http::{HeaderValue, Method, Request, Response, StatusCode, Version};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
@@ -29,6 +29,7 @@ use tracing::debug;
 
 use super::headers::{append_forwarded_for, strip_hop_by_hop};
 use crate::config::Downstream;
+use crate::downstream::{http_peer, pooled_client, root_cause, Connector};
 use crate::metrics as m;
 use crate::record::capture::{Capture, Side, TeeBody};
 use crate::record::exchange::BodyBuf;
@@ -45,7 +46,7 @@ pub struct HttpProxy {
 struct Inner {
     /// One pool per worker thread (see [`crate::server::Workers`]), so a
     /// request and its downstream connection share a thread.
-    clients: Vec<Client<super::Connector, TeeBody<ClientBody>>>,
+    clients: Vec<Client<Connector, TeeBody<ClientBody>>>,
     downstream: Downstream,
     recorder: Option<Recorder>,
     metrics: m::RequestMetrics,
@@ -69,7 +70,7 @@ impl HttpProxy {
         HttpProxy {
             inner: Arc::new(Inner {
                 clients: (0..pools.max(1))
-                    .map(|_| super::pooled_client(tls.clone()))
+                    .map(|_| pooled_client(tls.clone()))
                     .collect(),
                 metrics: m::RequestMetrics::new("http"),
                 downstream,
@@ -86,30 +87,6 @@ impl HttpProxy {
             .body_timeout = gap;
         self
     }
-}
-
-/// The downstream URI for a request URI: the downstream's scheme, authority
-/// and path prefix, then the request's path and query.
-pub fn target_uri(downstream: &Downstream, uri: &Uri) -> Result<Uri, http::Error> {
-    let prefix = downstream.path_prefix();
-    let path_and_query = match (prefix.is_empty(), uri.path_and_query()) {
-        (true, Some(pq)) => pq.clone(),
-        (true, None) => PathAndQuery::from_static("/"),
-        (false, pq) => {
-            let pq = pq.map_or("/", PathAndQuery::as_str);
-            PathAndQuery::try_from(format!("{prefix}{pq}"))?
-        }
-    };
-    let scheme = if downstream.is_https() {
-        Scheme::HTTPS
-    } else {
-        Scheme::HTTP
-    };
-    Uri::builder()
-        .scheme(scheme)
-        .authority(downstream.authority().clone())
-        .path_and_query(path_and_query)
-        .build()
 }
 
 /// The client's request body. Its errors have their own type so that a
@@ -271,7 +248,7 @@ impl Handler<ResponseBody> for HttpProxy {
             )
         });
         append_forwarded_for(&mut parts.headers, client.ip());
-        parts.uri = match target_uri(&inner.downstream, &parts.uri) {
+        parts.uri = match http_peer(&inner.downstream, &parts.uri) {
             Ok(uri) => uri,
             Err(e) => {
                 counter!(m::HTTP_ERRORS_TOTAL, "kind" => "bad_request").increment(1);
@@ -322,7 +299,7 @@ impl Handler<ResponseBody> for HttpProxy {
                 Response::from_parts(parts, Either::Left(body))
             }
             Err(e) if matches!(client_body_error(&e), Some(ClientBodyError::Stalled(_))) => {
-                let reason = super::root_cause(&e);
+                let reason = root_cause(&e);
                 debug!(client = %client, error = %reason, "request body stalled");
                 inner.metrics.request(&method, 408);
                 counter!(m::HTTP_ERRORS_TOTAL, "kind" => "timeout").increment(1);
@@ -345,7 +322,7 @@ impl Handler<ResponseBody> for HttpProxy {
                 response.map(Either::Right)
             }
             Err(e) if client_body_error(&e).is_some() => {
-                let reason = super::root_cause(&e);
+                let reason = root_cause(&e);
                 debug!(client = %client, error = %reason, "request body failed");
                 inner.metrics.request(&method, 400);
                 counter!(m::HTTP_ERRORS_TOTAL, "kind" => "bad_request").increment(1);
@@ -363,7 +340,7 @@ impl Handler<ResponseBody> for HttpProxy {
                 .map(Either::Right)
             }
             Err(e) => {
-                let reason = super::root_cause(&e);
+                let reason = root_cause(&e);
                 let authority = inner.downstream.authority();
                 debug!(client = %client, downstream = %authority, error = %reason, "downstream failed");
                 inner.metrics.request(&method, 502);
@@ -382,30 +359,5 @@ impl Handler<ResponseBody> for HttpProxy {
                 .map(Either::Right)
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn target_uri_keeps_path_and_query_and_adds_prefix() {
-        let plain: Downstream = "http://127.0.0.1:9000".parse().unwrap();
-        let uri: Uri = "/a/b?x=1&y=%20".parse().unwrap();
-        assert_eq!(
-            target_uri(&plain, &uri).unwrap().to_string(),
-            "http://127.0.0.1:9000/a/b?x=1&y=%20"
-        );
-        let prefixed: Downstream = "http://h:1/base/".parse().unwrap();
-        assert_eq!(
-            target_uri(&prefixed, &uri).unwrap().to_string(),
-            "http://h:1/base/a/b?x=1&y=%20"
-        );
-        let absolute: Uri = "http://other:5/p?q".parse().unwrap();
-        assert_eq!(
-            target_uri(&plain, &absolute).unwrap().to_string(),
-            "http://127.0.0.1:9000/p?q"
-        );
     }
 }

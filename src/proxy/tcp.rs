@@ -6,7 +6,6 @@
 //! When one side stops sending, the other side's write half is shut down,
 //! so request/response protocols that use half-close keep working.
 
-use std::fmt;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU8, Ordering};
@@ -15,70 +14,20 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use metrics::{counter, gauge};
-use rustls::pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::debug;
 
+use crate::downstream::TcpTarget;
 use crate::metrics as m;
 use crate::record::recorder::Recorder;
 use crate::record::{Body, Exchange, Record, TcpChunk, TcpSession};
 use crate::server::Listener;
-use crate::tls::{Stream, TlsAcceptor, TlsConnector, TlsError};
+use crate::tls::{Stream, TlsAcceptor};
 
 const BUFFER: usize = 64 << 10;
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// Where raw TCP goes: `host:port`, with TLS when configured.
-#[derive(Clone)]
-pub struct TcpTarget {
-    addr: Arc<str>,
-    tls: Option<(TlsConnector, ServerName<'static>)>,
-}
-
-impl TcpTarget {
-    /// `addr` is `host:port`; with `tls`, the server's certificate must
-    /// name `host`.
-    pub fn new(addr: &str, tls: Option<Arc<rustls::ClientConfig>>) -> Result<TcpTarget, TlsError> {
-        let tls = match tls {
-            Some(config) => {
-                let host = addr.rsplit_once(':').map_or(addr, |(host, _)| host);
-                Some((TlsConnector::from(config), crate::tls::server_name(host)?))
-            }
-            None => None,
-        };
-        Ok(TcpTarget {
-            addr: addr.into(),
-            tls,
-        })
-    }
-
-    /// A connection within [`CONNECT_TIMEOUT`] (and the TLS handshake's
-    /// own timeout), with `TCP_NODELAY`.
-    pub async fn connect(&self) -> Result<Stream, String> {
-        let stream =
-            match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(&*self.addr)).await {
-                Ok(Ok(stream)) => stream,
-                Ok(Err(e)) => return Err(e.to_string()),
-                Err(_) => return Err(format!("no connection within {CONNECT_TIMEOUT:?}")),
-            };
-        let _ = stream.set_nodelay(true);
-        match &self.tls {
-            Some((connector, name)) => crate::tls::connect(connector, name.clone(), stream)
-                .await
-                .map_err(|e| format!("TLS: {}", crate::tls::reason(&e))),
-            None => Ok(Stream::Plain(stream)),
-        }
-    }
-}
-
-impl fmt::Display for TcpTarget {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.addr)
-    }
-}
 
 #[derive(Clone)]
 pub struct TcpProxy {

@@ -17,9 +17,10 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::config::Config;
-use crate::playback::{ParkedRecord, ReplayResult};
-use crate::record::{Record, RecordId};
-use crate::sync::Checkpoint;
+use crate::model::id::RecordId;
+use crate::model::record::Record;
+use crate::model::replay::{ParkedRecord, ReplayResult};
+use crate::model::sync::Checkpoint;
 
 pub use self::embedded::EmbeddedStore;
 pub use self::redis::RedisStore;

@@ -30,7 +30,7 @@ pub enum PeerError {
 }
 
 pub struct PeerClient {
-    client: Client<crate::proxy::Connector, Full<Bytes>>,
+    client: Client<crate::downstream::Connector, Full<Bytes>>,
     scheme: &'static str,
     addr: String,
     auth: Option<String>,
@@ -41,7 +41,7 @@ impl PeerClient {
     /// A client of `peer`'s API; HTTPS with `tls` when `peer.tls`.
     pub fn new(peer: &PeerConfig, tls: Arc<rustls::ClientConfig>) -> PeerClient {
         PeerClient {
-            client: crate::proxy::pooled_client(tls),
+            client: crate::downstream::pooled_client(tls),
             scheme: if peer.tls { "https" } else { "http" },
             addr: format!("{}:{}", peer.host, peer.port),
             auth: peer.auth_token.as_ref().map(|t| format!("Bearer {t}")),
@@ -107,7 +107,7 @@ impl PeerClient {
                 .await
                 .map_err(|e| PeerError::Unreachable {
                     addr: self.addr.clone(),
-                    reason: crate::proxy::root_cause(&e),
+                    reason: crate::downstream::root_cause(&e),
                 })?;
             let status = response.status();
             let body = response

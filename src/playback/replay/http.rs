@@ -8,8 +8,8 @@ use http_body_util::{BodyExt, Full, Limited};
 use super::super::compare::{header_map, Answer};
 use super::super::Outcome;
 use super::{Failure, Replayer, REPLAY_ID_HEADER, REPLAY_SHARD_HEADER};
-use crate::proxy::headers::is_hop_by_hop;
-use crate::proxy::http::target_uri;
+use crate::downstream::{http_peer, root_cause};
+use crate::model::headers::is_hop_by_hop;
 use crate::record::{header_value_to_bytes, HttpExchange, Record, RecordId};
 
 type Judged = (Outcome, Option<String>, Option<u16>);
@@ -66,7 +66,7 @@ impl Replayer {
                 Failure::transient(format!(
                     "target {}: {}",
                     self.target.authority(),
-                    crate::proxy::root_cause(&e)
+                    root_cause(&e)
                 ))
             })?;
             let (parts, body) = response.into_parts();
@@ -109,7 +109,7 @@ impl Replayer {
             .uri
             .parse()
             .map_err(|e| format!("recorded uri `{}`: {e}", http.uri))
-            .and_then(|uri| target_uri(&self.target, &uri).map_err(|e| e.to_string()))?;
+            .and_then(|uri| http_peer(&self.target, &uri).map_err(|e| e.to_string()))?;
         let mut request = Request::builder().method(method).uri(uri);
         let headers = request.headers_mut().expect("builder is fresh");
         for (name, value) in &http.request_headers {

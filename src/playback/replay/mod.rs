@@ -16,8 +16,8 @@ use metrics::{counter, histogram};
 use super::compare::Comparator;
 use super::{Attempt, Outcome, ReplayResult};
 use crate::config::{Downstream, TcpPacing};
+use crate::downstream::TcpTarget;
 use crate::metrics as m;
-use crate::proxy::tcp::TcpTarget;
 use crate::record::{Exchange, Record, RecordId};
 
 /// Every replayed request carries this, so a target can tell replays apart
@@ -28,7 +28,7 @@ pub const REPLAY_ID_HEADER: &str = "x-qproxy-replay-id";
 pub const REPLAY_SHARD_HEADER: &str = "x-qproxy-replay-shard";
 
 pub struct Replayer {
-    client: Client<crate::proxy::Connector, Full<Bytes>>,
+    client: Client<crate::downstream::Connector, Full<Bytes>>,
     target: Downstream,
     tcp_target: Option<TcpTarget>,
     timeout: Duration,
@@ -73,7 +73,7 @@ impl Replayer {
         tls: Arc<rustls::ClientConfig>,
     ) -> Replayer {
         Replayer {
-            client: crate::proxy::pooled_client(tls),
+            client: crate::downstream::pooled_client(tls),
             target,
             tcp_target,
             timeout,

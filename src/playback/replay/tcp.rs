@@ -8,7 +8,7 @@ use super::super::compare::compare_bytes;
 use super::super::Outcome;
 use super::{Failure, Replayer};
 use crate::config::TcpPacing;
-use crate::proxy::tcp::TcpTarget;
+use crate::downstream::TcpTarget;
 use crate::record::{Record, TcpSession};
 
 impl Replayer {
