@@ -391,10 +391,16 @@ impl Api {
             self.shard(ShardId(record.shard))
                 .map_err(|Refusal(s, m)| Refusal(s, format!("records[{i}]: {m}")))?;
         }
+        // Each record once, in order: the caller holds the batch and decides
+        // what to do with a failed one (no retries or parking here).
         let mut results = Vec::with_capacity(batch.records.len());
-        for record in &batch.records {
-            results.push(playback.replayer.replay(record).await.result);
-        }
+        playback
+            .replayer
+            .replay_in_order(&batch.records, |_, attempt| {
+                results.push(attempt.result);
+                std::ops::ControlFlow::Continue(())
+            })
+            .await;
         playback.stats.count(&results);
         for shard in 0..self.state.shards {
             let of_shard: Vec<ReplayResult> = results

@@ -19,6 +19,7 @@
 //! until an operator re-drives it) and the shard moves on.
 
 use std::collections::BTreeMap;
+use std::ops::ControlFlow;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -336,56 +337,64 @@ impl SyncRunner {
         retrying: &mut Option<Retrying>,
     ) -> Replayed {
         let mut out = Replayed::default();
-        for record in records {
-            let id = record.id.unwrap_or(RecordId::ZERO);
-            if done.is_some_and(|done| id <= done) {
-                out.upto = Some(id);
-                continue;
-            }
-            let attempt = self.replayer.replay(record).await;
-            let mut result = attempt.result;
-            if result.outcome != Outcome::Failed {
-                if let Some(r) = retrying.take_if(|r| r.id == id) {
-                    result.attempts = r.attempts + 1;
-                    info!(shard, record_id = %id, attempts = result.attempts, "replay delivered after retrying");
+        // Records up to `done` were replayed before (a round whose commit
+        // failed, or a restart): skipped, still committed.
+        let start =
+            records.partition_point(|r| done.is_some_and(|done| r.id.is_some_and(|id| id <= done)));
+        out.upto = start.checked_sub(1).and_then(|i| records[i].id);
+        let mut waiting = false;
+        self.replayer
+            .replay_in_order(&records[start..], |record, attempt| {
+                let id = record.id.unwrap_or(RecordId::ZERO);
+                let mut result = attempt.result;
+                if result.outcome != Outcome::Failed {
+                    if let Some(r) = retrying.take_if(|r| r.id == id) {
+                        result.attempts = r.attempts + 1;
+                        info!(shard, record_id = %id, attempts = result.attempts, "replay delivered after retrying");
+                    }
+                    out.results.push(result);
+                    out.upto = Some(id);
+                    return ControlFlow::Continue(());
                 }
+                let tried = Retrying::failed(retrying.take(), id);
+                result.attempts = tried.attempts;
+                let error = result.detail.clone().unwrap_or_default();
+                if attempt.transient && !self.retry.gives_up(tried.attempts, tried.since.elapsed()) {
+                    if tried.attempts == 1 {
+                        warn!(shard, record_id = %id, %error, "replay did not reach its target; the shard waits and tries it again");
+                    } else {
+                        debug!(shard, record_id = %id, attempts = tried.attempts, %error, "replay failed again");
+                    }
+                    self.stats.retries.fetch_add(1, Ordering::Relaxed);
+                    counter!(m::REPLAY_RETRIES_TOTAL).increment(1);
+                    self.stats.set_waiting(
+                        shard,
+                        Some(WaitingOn {
+                            record_id: id,
+                            attempts: tried.attempts,
+                            error: error.clone(),
+                        }),
+                    );
+                    *retrying = Some(tried);
+                    out.stopped = Some(error);
+                    waiting = true;
+                    return ControlFlow::Break(());
+                }
+                warn!(
+                    shard, record_id = %id, attempts = tried.attempts, %error,
+                    "replay given up and parked; GET /api/replays/parked lists it, POST /api/replays/retry re-drives it"
+                );
+                out.park.push(ParkedRecord {
+                    result: result.clone(),
+                    pieces: record.encode_pieces(),
+                });
                 out.results.push(result);
                 out.upto = Some(id);
-                continue;
-            }
-            let tried = Retrying::failed(retrying.take(), id);
-            result.attempts = tried.attempts;
-            let error = result.detail.clone().unwrap_or_default();
-            if attempt.transient && !self.retry.gives_up(tried.attempts, tried.since.elapsed()) {
-                if tried.attempts == 1 {
-                    warn!(shard, record_id = %id, %error, "replay did not reach its target; the shard waits and tries it again");
-                } else {
-                    debug!(shard, record_id = %id, attempts = tried.attempts, %error, "replay failed again");
-                }
-                self.stats.retries.fetch_add(1, Ordering::Relaxed);
-                counter!(m::REPLAY_RETRIES_TOTAL).increment(1);
-                self.stats.set_waiting(
-                    shard,
-                    Some(WaitingOn {
-                        record_id: id,
-                        attempts: tried.attempts,
-                        error: error.clone(),
-                    }),
-                );
-                *retrying = Some(tried);
-                out.stopped = Some(error);
-                return out;
-            }
-            warn!(
-                shard, record_id = %id, attempts = tried.attempts, %error,
-                "replay given up and parked; GET /api/replays/parked lists it, POST /api/replays/retry re-drives it"
-            );
-            out.park.push(ParkedRecord {
-                result: result.clone(),
-                pieces: record.encode_pieces(),
-            });
-            out.results.push(result);
-            out.upto = Some(id);
+                ControlFlow::Continue(())
+            })
+            .await;
+        if waiting {
+            return out;
         }
         self.stats.set_waiting(shard, None);
         out

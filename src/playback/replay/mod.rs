@@ -5,6 +5,7 @@
 mod http;
 mod tcp;
 
+use std::ops::ControlFlow;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -101,6 +102,22 @@ impl Replayer {
     pub fn with_tcp_pacing(mut self, pacing: TcpPacing) -> Replayer {
         self.tcp_pacing = pacing;
         self
+    }
+
+    /// Replays `records` one at a time, in their order, handing each try to
+    /// `judge`, which says whether to go on. Every replay of a batch goes
+    /// through here (the pull loop and `POST /sync`): the place where
+    /// pacing, rewrites and filters of a batch belong.
+    pub async fn replay_in_order<F>(&self, records: &[Record], mut judge: F)
+    where
+        F: FnMut(&Record, Attempt) -> ControlFlow<()>,
+    {
+        for record in records {
+            let attempt = self.replay(record).await;
+            if judge(record, attempt).is_break() {
+                return;
+            }
+        }
     }
 
     /// One try at replaying `record`, judged against its recording.
