@@ -86,46 +86,13 @@ pub fn start(
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-    let nodelay = set_nodelay_on_listener(addr);
+    // rumqttd never sets `TCP_NODELAY` on the sockets it accepts, so small
+    // publishes to a subscriber wait on Nagle and delayed ACKs (~40–90 ms a
+    // message). On Linux an accepted socket inherits `TCP_NODELAY` from its
+    // listener, so it is set on rumqttd's listening socket.
+    let nodelay = crate::os::set_nodelay_on_listener(addr);
     info!(%addr, auth = user.is_some(), nodelay, "embedded MQTT broker listening");
     Ok(EmbeddedBroker { addr })
-}
-
-/// rumqttd never sets `TCP_NODELAY` on the sockets it accepts, so small
-/// publishes to a subscriber wait on Nagle and delayed ACKs (~40–90 ms a
-/// message). On Linux an accepted socket inherits `TCP_NODELAY` from its
-/// listener, so this finds rumqttd's listening socket among the process's
-/// descriptors and sets it there. Returns whether it did.
-#[cfg(target_os = "linux")]
-fn set_nodelay_on_listener(addr: SocketAddr) -> bool {
-    use std::os::fd::BorrowedFd;
-    let Ok(entries) = std::fs::read_dir("/proc/self/fd") else {
-        return false;
-    };
-    for entry in entries.flatten() {
-        let Some(fd) = entry
-            .file_name()
-            .to_str()
-            .and_then(|n| n.parse::<i32>().ok())
-        else {
-            continue;
-        };
-        // SAFETY: the descriptor is open (listed just now) and only
-        // borrowed for the calls below; rumqttd never closes its listener.
-        let fd = unsafe { BorrowedFd::borrow_raw(fd) };
-        let socket = socket2::SockRef::from(&fd);
-        let ours = socket.is_listener().unwrap_or(false)
-            && socket.local_addr().ok().and_then(|a| a.as_socket()) == Some(addr);
-        if ours {
-            return socket.set_tcp_nodelay(true).is_ok();
-        }
-    }
-    false
-}
-
-#[cfg(not(target_os = "linux"))]
-fn set_nodelay_on_listener(_addr: SocketAddr) -> bool {
-    false
 }
 
 fn port_taken(addr: SocketAddr) -> bool {
@@ -145,10 +112,10 @@ mod tests {
             listener.accept().unwrap().0.nodelay().unwrap()
         };
         assert!(!accept_one(), "Linux default is Nagle on");
-        assert!(set_nodelay_on_listener(addr));
+        assert!(crate::os::set_nodelay_on_listener(addr));
         assert!(accept_one());
         assert!(
-            !set_nodelay_on_listener("127.0.0.1:1".parse().unwrap()),
+            !crate::os::set_nodelay_on_listener("127.0.0.1:1".parse().unwrap()),
             "no listener of ours there"
         );
     }

@@ -19,11 +19,8 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// pages: 30–43 KiB a connection instead of ~19 KiB here. With
 /// `MIMALLOC_ALLOW_THP=1` mimalloc uses them again.
 fn limit_huge_pages() {
-    #[cfg(target_os = "linux")]
     if std::env::var_os("MIMALLOC_ALLOW_THP").is_none() {
-        // SAFETY: PR_SET_THP_DISABLE takes integer arguments only and
-        // changes nothing but this process's huge page policy.
-        unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0) };
+        qproxy::os::disable_huge_pages();
     }
 }
 

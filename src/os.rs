@@ -1,5 +1,8 @@
 //! What QProxy asks of the operating system beyond sockets: the open file
-//! limit. The `unsafe` calls for it live here, one SAFETY comment each.
+//! limit, transparent huge pages, the record writer's scheduling, and a
+//! socket option on a listener it does not own. Every `unsafe` call of the
+//! crate lives here, each where the OS offers no safe call, with its
+//! SAFETY comment; the rest of the crate calls these safe functions.
 
 use std::io;
 
@@ -52,4 +55,88 @@ pub fn raise_fd_limit() -> io::Result<(u64, u64)> {
     }
     #[cfg(not(unix))]
     Ok((soft, hard))
+}
+
+/// Turns transparent huge pages off for this process (Linux; elsewhere
+/// nothing). See `main` for why.
+pub fn disable_huge_pages() {
+    #[cfg(target_os = "linux")]
+    // SAFETY: PR_SET_THP_DISABLE takes integer arguments only and changes
+    // nothing but this process's huge page policy.
+    unsafe {
+        libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0);
+    }
+}
+
+/// Makes the calling thread batch work (`SCHED_BATCH`, no privilege
+/// needed) or normal work again; false when the OS refuses or has no such
+/// policy.
+pub fn set_batch_scheduling(batch: bool) -> io::Result<()> {
+    #[cfg(target_os = "linux")]
+    {
+        let policy = if batch {
+            libc::SCHED_BATCH
+        } else {
+            libc::SCHED_OTHER
+        };
+        let param = libc::sched_param { sched_priority: 0 };
+        // SAFETY: pid 0 is the calling thread; `param` outlives the call.
+        if unsafe { libc::sched_setscheduler(0, policy, &param) } == 0 {
+            Ok(())
+        } else {
+            Err(io::Error::last_os_error())
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = batch;
+        Err(io::Error::other("no batch scheduling here"))
+    }
+}
+
+/// Whether the calling thread runs as batch work.
+pub fn is_batch_scheduled() -> bool {
+    #[cfg(target_os = "linux")]
+    // SAFETY: pid 0 is the calling thread; the call only reads.
+    return unsafe { libc::sched_getscheduler(0) } == libc::SCHED_BATCH;
+    #[cfg(not(target_os = "linux"))]
+    false
+}
+
+/// Sets `TCP_NODELAY` on this process's listening socket bound to `addr`,
+/// found among its open descriptors (for a listener a library opened and
+/// does not expose). False when there is none.
+pub fn set_nodelay_on_listener(addr: std::net::SocketAddr) -> bool {
+    #[cfg(unix)]
+    {
+        use std::os::fd::BorrowedFd;
+        let Ok(entries) = std::fs::read_dir("/proc/self/fd") else {
+            return false;
+        };
+        for entry in entries.flatten() {
+            let Some(fd) = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| n.parse::<i32>().ok())
+            else {
+                continue;
+            };
+            // SAFETY: the descriptor is open (listed just now) and only
+            // borrowed for the calls below; the library never closes its
+            // listener.
+            let fd = unsafe { BorrowedFd::borrow_raw(fd) };
+            let socket = socket2::SockRef::from(&fd);
+            let ours = socket.is_listener().unwrap_or(false)
+                && socket.local_addr().ok().and_then(|a| a.as_socket()) == Some(addr);
+            if ours {
+                return socket.set_tcp_nodelay(true).is_ok();
+            }
+        }
+        false
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = addr;
+        false
+    }
 }

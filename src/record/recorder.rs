@@ -240,33 +240,23 @@ struct BatchScheduling {
 
 impl BatchScheduling {
     fn enter() -> BatchScheduling {
-        #[cfg(target_os = "linux")]
-        let changed = set_policy(libc::SCHED_BATCH);
-        #[cfg(not(target_os = "linux"))]
-        let changed = false;
+        let changed = match crate::os::set_batch_scheduling(true) {
+            Ok(()) => true,
+            Err(error) => {
+                debug!(%error, "cannot run the record writer as batch work");
+                false
+            }
+        };
         BatchScheduling { changed }
     }
 }
 
 impl Drop for BatchScheduling {
     fn drop(&mut self) {
-        #[cfg(target_os = "linux")]
         if self.changed {
-            set_policy(libc::SCHED_OTHER);
+            let _ = crate::os::set_batch_scheduling(false);
         }
     }
-}
-
-/// Sets the calling thread's scheduling policy (priority 0); false if refused.
-#[cfg(target_os = "linux")]
-fn set_policy(policy: libc::c_int) -> bool {
-    let param = libc::sched_param { sched_priority: 0 };
-    // SAFETY: pid 0 is the calling thread; `param` outlives the call.
-    let ok = unsafe { libc::sched_setscheduler(0, policy, &param) } == 0;
-    if !ok {
-        debug!(policy, error = %std::io::Error::last_os_error(), "cannot change the record writer's scheduling");
-    }
-    ok
 }
 
 /// Awaits `write`; if it takes long, moves what waits on `rx` into
@@ -664,14 +654,12 @@ mod tests {
     #[test]
     fn the_writer_thread_runs_as_batch_work_until_the_guard_drops() {
         std::thread::spawn(|| {
-            // SAFETY: pid 0 is the calling thread.
-            let policy = || unsafe { libc::sched_getscheduler(0) };
-            assert_eq!(policy(), libc::SCHED_OTHER);
+            assert!(!crate::os::is_batch_scheduled());
             let guard = BatchScheduling::enter();
             assert!(guard.changed);
-            assert_eq!(policy(), libc::SCHED_BATCH);
+            assert!(crate::os::is_batch_scheduled());
             drop(guard);
-            assert_eq!(policy(), libc::SCHED_OTHER);
+            assert!(!crate::os::is_batch_scheduled());
         })
         .join()
         .unwrap();
