@@ -37,7 +37,7 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, warn};
+use tracing::{debug, debug_span, warn, Instrument};
 
 use crate::metrics as m;
 use crate::tls::{Stream, TlsAcceptor};
@@ -403,6 +403,9 @@ pub async fn serve<H, B>(
             }
             drop(permit);
         };
+        // One span per connection: its log lines name the listener and
+        // the client (debug level, so a busy proxy pays nothing by default).
+        let task = task.instrument(debug_span!("conn", listener = name, client.addr = %client));
         match &workers {
             Some(workers) => workers.spawn(task),
             None => {

@@ -18,7 +18,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::debug;
+use tracing::{debug, debug_span, Instrument};
 
 use crate::downstream::TcpTarget;
 use crate::metrics as m;
@@ -100,15 +100,19 @@ impl TcpProxy {
         while let Some((client, addr, permit)) = listener.accept(&shutdown).await {
             let proxy = self.clone();
             let stop = shutdown.clone();
-            tracker.spawn(async move {
-                gauge!(m::TCP_ACTIVE_CONNECTIONS).increment(1.0);
-                tokio::select! {
-                    _ = proxy.handle(client, addr) => {}
-                    _ = async { stop.cancelled().await; tokio::time::sleep(grace).await } => {}
+            let span = debug_span!("conn", listener = "tcp", client.addr = %addr);
+            tracker.spawn(
+                async move {
+                    gauge!(m::TCP_ACTIVE_CONNECTIONS).increment(1.0);
+                    tokio::select! {
+                        _ = proxy.handle(client, addr) => {}
+                        _ = async { stop.cancelled().await; tokio::time::sleep(grace).await } => {}
+                    }
+                    gauge!(m::TCP_ACTIVE_CONNECTIONS).decrement(1.0);
+                    drop(permit);
                 }
-                gauge!(m::TCP_ACTIVE_CONNECTIONS).decrement(1.0);
-                drop(permit);
-            });
+                .instrument(span),
+            );
         }
         drop(listener);
         tracker.close();

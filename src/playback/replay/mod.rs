@@ -13,6 +13,7 @@ use bytes::Bytes;
 use http_body_util::Full;
 use hyper_util::client::legacy::Client;
 use metrics::{counter, histogram};
+use tracing::{info_span, Instrument};
 
 use super::compare::Comparator;
 use super::{Attempt, Outcome, ReplayResult};
@@ -113,7 +114,14 @@ impl Replayer {
         F: FnMut(&Record, Attempt) -> ControlFlow<()>,
     {
         for record in records {
-            let attempt = self.replay(record).await;
+            let span = info_span!(
+                "replay",
+                record_id = %record.id.unwrap_or(RecordId::ZERO),
+                shard = record.shard,
+                protocol = record.protocol().as_str(),
+            );
+            let attempt = self.replay(record).instrument(span.clone()).await;
+            let _in_span = span.enter();
             if judge(record, attempt).is_break() {
                 return;
             }
