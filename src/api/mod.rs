@@ -185,6 +185,25 @@ impl Api {
         }
     }
 
+    /// The `shard` query parameter, when given, checked against this node.
+    fn take_shard(&self, q: &mut Query) -> Result<Option<u32>, Refusal> {
+        q.take("shard")
+            .map(|s| {
+                ShardId::parse(&s)
+                    .map_err(Refusal::bad)
+                    .and_then(|id| self.shard(id))
+            })
+            .transpose()
+    }
+
+    /// `shard` alone, or every shard of this node.
+    fn shards_or_all(&self, shard: Option<u32>) -> Vec<u32> {
+        match shard {
+            Some(s) => vec![s],
+            None => (0..self.state.shards).collect(),
+        }
+    }
+
     fn shard(&self, id: ShardId) -> Result<u32, Refusal> {
         if id.0 < self.state.shards {
             Ok(id.0)
@@ -284,14 +303,7 @@ impl Api {
     async fn checkpoints(&self, req: &Request<Incoming>) -> Result<ApiResponse, Refusal> {
         let mut q = Query::parse(req.uri().query().unwrap_or("")).map_err(Refusal::bad)?;
         let peer = q.take("peer_id");
-        let shard = q
-            .take("shard")
-            .map(|s| {
-                ShardId::parse(&s)
-                    .map_err(Refusal::bad)
-                    .and_then(|id| self.shard(id))
-            })
-            .transpose()?;
+        let shard = self.take_shard(&mut q)?;
         let limit = take_limit(&mut q, STATUS_CHECKPOINTS)?;
         let offset = q
             .take("offset")
@@ -430,14 +442,7 @@ impl Api {
     /// `GET /api/replays?shard=&result=&limit=`, newest first.
     async fn replays(&self, req: &Request<Incoming>) -> Result<ApiResponse, Refusal> {
         let mut q = Query::parse(req.uri().query().unwrap_or("")).map_err(Refusal::bad)?;
-        let shard = q
-            .take("shard")
-            .map(|s| {
-                ShardId::parse(&s)
-                    .map_err(Refusal::bad)
-                    .and_then(|id| self.shard(id))
-            })
-            .transpose()?;
+        let shard = self.take_shard(&mut q)?;
         let outcome = q
             .take("result")
             .map(|s| s.parse::<Outcome>())
@@ -446,10 +451,7 @@ impl Api {
         let limit = take_limit(&mut q, 100)?;
         q.finish(&["shard", "result", "limit"])
             .map_err(Refusal::bad)?;
-        let shards: Vec<u32> = match shard {
-            Some(s) => vec![s],
-            None => (0..self.state.shards).collect(),
-        };
+        let shards = self.shards_or_all(shard);
         // Scan deeper than `limit` when filtering by result.
         let scan = if outcome.is_some() {
             limit.saturating_mul(10).min(100_000)
@@ -486,20 +488,10 @@ impl Api {
     /// their last result, oldest first.
     async fn parked(&self, req: &Request<Incoming>) -> Result<ApiResponse, Refusal> {
         let mut q = Query::parse(req.uri().query().unwrap_or("")).map_err(Refusal::bad)?;
-        let shard = q
-            .take("shard")
-            .map(|s| {
-                ShardId::parse(&s)
-                    .map_err(Refusal::bad)
-                    .and_then(|id| self.shard(id))
-            })
-            .transpose()?;
+        let shard = self.take_shard(&mut q)?;
         let limit = take_limit(&mut q, 100)?;
         q.finish(&["shard", "limit"]).map_err(Refusal::bad)?;
-        let shards: Vec<u32> = match shard {
-            Some(s) => vec![s],
-            None => (0..self.state.shards).collect(),
-        };
+        let shards = self.shards_or_all(shard);
         let mut parked = Vec::new();
         let mut total = 0;
         for shard in shards {

@@ -202,6 +202,36 @@ impl EmbeddedStore {
 }
 
 impl EmbeddedStore {
+    /// Replay results kept in `table` for `shard`: at most `limit`, newest
+    /// first or oldest first.
+    async fn results(
+        &self,
+        table: TableDefinition<'static, IdKey, &'static [u8]>,
+        shard: u32,
+        limit: usize,
+        newest_first: bool,
+    ) -> Result<Vec<ReplayResult>, StoreError> {
+        self.blocking(move |_, db| {
+            let txn = db.begin_read().map_err(err)?;
+            let table = txn.open_table(table).map_err(err)?;
+            let range = table
+                .range(key(shard, RecordId::ZERO)..=key(shard, RecordId::MAX))
+                .map_err(err)?;
+            let entries: Box<dyn Iterator<Item = _>> = if newest_first {
+                Box::new(range.rev())
+            } else {
+                Box::new(range)
+            };
+            let mut out = Vec::new();
+            for entry in entries.take(limit) {
+                let (_, v) = entry.map_err(err)?;
+                out.extend(decode_result(v.value()));
+            }
+            Ok(out)
+        })
+        .await
+    }
+
     /// A kept count: no scan.
     async fn counted(&self, kind: u8, shard: u32) -> Result<u64, StoreError> {
         self.blocking(move |_, db| {
@@ -616,37 +646,11 @@ impl super::Store for EmbeddedStore {
     }
 
     async fn replays(&self, shard: u32, limit: usize) -> Result<Vec<ReplayResult>, StoreError> {
-        self.blocking(move |_, db| {
-            let txn = db.begin_read().map_err(err)?;
-            let table = txn.open_table(REPLAYS).map_err(err)?;
-            let mut out = Vec::new();
-            let range = table
-                .range(key(shard, RecordId::ZERO)..=key(shard, RecordId::MAX))
-                .map_err(err)?;
-            for entry in range.rev().take(limit) {
-                let (_, v) = entry.map_err(err)?;
-                out.extend(decode_result(v.value()));
-            }
-            Ok(out)
-        })
-        .await
+        self.results(REPLAYS, shard, limit, true).await
     }
 
     async fn parked(&self, shard: u32, limit: usize) -> Result<Vec<ReplayResult>, StoreError> {
-        self.blocking(move |_, db| {
-            let txn = db.begin_read().map_err(err)?;
-            let table = txn.open_table(PARKED).map_err(err)?;
-            let mut out = Vec::new();
-            let range = table
-                .range(key(shard, RecordId::ZERO)..=key(shard, RecordId::MAX))
-                .map_err(err)?;
-            for entry in range.take(limit) {
-                let (_, v) = entry.map_err(err)?;
-                out.extend(decode_result(v.value()));
-            }
-            Ok(out)
-        })
-        .await
+        self.results(PARKED, shard, limit, false).await
     }
 
     async fn parked_record(
