@@ -33,10 +33,11 @@ use tracing::{debug, info, warn};
 
 use super::{Outcome, ParkedRecord, ReplayResult, Replayer, RetryPolicy, Retrying};
 use crate::metrics as m;
+use crate::mqtt_client::MqttError;
 use crate::record::{Record, RecordId};
 use crate::store::{ReplayWrite, Store, StoreError};
 use crate::sync::client::{PeerClient, PeerError};
-use crate::sync::mqtt::MqttLink;
+use crate::sync::mqtt::{MqttLink, PullError};
 use crate::sync::source::PullRequest;
 use crate::sync::{CommitRequest, CommitStatus, ShardId, SyncBatch};
 
@@ -141,8 +142,8 @@ enum RoundError {
     Peer(#[from] PeerError),
     #[error(transparent)]
     Store(#[from] StoreError),
-    #[error("mqtt: {0} (and no HTTP peer to fall back to)")]
-    Mqtt(String),
+    #[error("{0} (and no HTTP peer to fall back to)")]
+    NoFallback(PullError),
 }
 
 /// The ways to the Record node: MQTT first when connected, HTTP otherwise.
@@ -187,10 +188,19 @@ impl SyncLink {
                     .await?;
                 Ok((batch, Transport::Http))
             }
-            None => Err(RoundError::Mqtt(
-                mqtt_error.unwrap_or_else(|| "not connected".into()),
+            None => Err(RoundError::NoFallback(
+                mqtt_error.unwrap_or_else(|| self.not_connected().into()),
             )),
         }
+    }
+
+    /// The MQTT link's error when it is not connected (or not configured).
+    fn not_connected(&self) -> MqttError {
+        MqttError::NotConnected(
+            self.mqtt
+                .as_ref()
+                .map_or("no broker".into(), |m| m.client.broker().to_string()),
+        )
     }
 
     async fn commit(&self, commit: &CommitRequest) -> Result<Transport, RoundError> {
@@ -198,7 +208,7 @@ impl SyncLink {
         if let Some(mqtt) = self.mqtt.as_ref().filter(|m| m.is_connected()) {
             match mqtt.commit(commit).await {
                 Ok(()) => return Ok(Transport::Mqtt),
-                Err(e) => mqtt_error = Some(e.to_string()),
+                Err(e) => mqtt_error = Some(e),
             }
         }
         match &self.http {
@@ -206,8 +216,8 @@ impl SyncLink {
                 http.commit(commit).await?;
                 Ok(Transport::Http)
             }
-            None => Err(RoundError::Mqtt(
-                mqtt_error.unwrap_or_else(|| "not connected".into()),
+            None => Err(RoundError::NoFallback(
+                mqtt_error.unwrap_or_else(|| self.not_connected()).into(),
             )),
         }
     }

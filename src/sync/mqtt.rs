@@ -222,19 +222,27 @@ pub struct MqttLink {
     pub topics: Topics,
 }
 
+/// Why a batch did not come by MQTT.
+#[derive(Debug, thiserror::Error)]
+pub enum PullError {
+    #[error(transparent)]
+    Mqtt(#[from] MqttError),
+    #[error("mqtt batch cannot be decoded: {0}")]
+    Decode(#[from] rmp_serde::decode::Error),
+}
+
 impl MqttLink {
     pub fn is_connected(&self) -> bool {
         self.client.is_connected()
     }
 
-    pub async fn pull(&self, request: &PullRequest) -> Result<SyncBatch, String> {
+    pub async fn pull(&self, request: &PullRequest) -> Result<SyncBatch, PullError> {
         let payload = rmp_serde::to_vec_named(request).expect("pull requests always encode");
         let answer = self
             .client
             .query(self.topics.query(), Bytes::from(payload))
-            .await
-            .map_err(|e| e.to_string())?;
-        rmp_serde::from_slice(&answer).map_err(|e| format!("mqtt batch cannot be decoded: {e}"))
+            .await?;
+        Ok(rmp_serde::from_slice(&answer)?)
     }
 
     pub async fn commit(&self, commit: &CommitRequest) -> Result<(), MqttError> {
