@@ -37,6 +37,12 @@ pub struct HttpConfig {
     /// A request body that sends nothing for this long ends the exchange (408).
     #[serde(default = "default_body_timeout_ms")]
     pub body_timeout_ms: u64,
+    /// Past its first `body_timeout_ms`, a request body that averages fewer
+    /// bytes a second than this ends the exchange (408): a trickle (a byte
+    /// every few seconds) never stalls long enough for the gap timeout.
+    /// 0 turns it off.
+    #[serde(default = "default_body_min_rate")]
+    pub body_min_rate: u64,
 }
 
 impl HttpConfig {
@@ -234,6 +240,9 @@ fn default_idle_timeout_ms() -> u64 {
     60_000
 }
 
+fn default_body_min_rate() -> u64 {
+    500
+}
 fn default_body_timeout_ms() -> u64 {
     30_000
 }

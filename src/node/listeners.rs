@@ -111,7 +111,7 @@ pub(super) fn serve_proxies(
             tls.client.clone(),
             pools,
         )
-        .with_body_timeout(h.body_timeout());
+        .with_body_timeout(h.body_timeout(), h.body_min_rate);
         let options = Options {
             tls: tls.http.clone(),
             on_connection: Some(count_http_connection),

@@ -52,6 +52,9 @@ struct Inner {
     metrics: m::RequestMetrics,
     /// The longest a request body may send nothing.
     body_timeout: Duration,
+    /// Bytes a second a request body must average past its first
+    /// `body_timeout` (0: no minimum).
+    body_min_rate: u64,
 }
 
 /// What `http.body_timeout_ms` is by default.
@@ -76,15 +79,18 @@ impl HttpProxy {
                 downstream,
                 recorder,
                 body_timeout: BODY_TIMEOUT,
+                body_min_rate: 0,
             }),
         }
     }
 
-    /// A request body that sends nothing for `gap` ends its exchange (408).
-    pub fn with_body_timeout(mut self, gap: Duration) -> HttpProxy {
-        Arc::get_mut(&mut self.inner)
-            .expect("set before the proxy is shared")
-            .body_timeout = gap;
+    /// A request body that sends nothing for `gap`, or (past its first
+    /// `gap`) averages fewer than `min_rate` bytes a second, ends its
+    /// exchange (408).
+    pub fn with_body_timeout(mut self, gap: Duration, min_rate: u64) -> HttpProxy {
+        let inner = Arc::get_mut(&mut self.inner).expect("set before the proxy is shared");
+        inner.body_timeout = gap;
+        inner.body_min_rate = min_rate;
         self
     }
 }
@@ -103,16 +109,38 @@ pub struct ClientBody {
     timer: Option<Pin<Box<tokio::time::Sleep>>>,
     /// A frame came since the timer was last set.
     progressed: bool,
+    /// Bytes a second the body must average past its first `gap` (0: any).
+    min_rate: u64,
+    /// Body bytes so far (one add per frame).
+    bytes: u64,
+    /// When the body first kept us waiting: the rate is measured from here,
+    /// so a body that never waits never reads the clock.
+    waiting_since: Option<tokio::time::Instant>,
 }
 
 impl ClientBody {
-    fn new(inner: Incoming, gap: Duration) -> ClientBody {
+    fn new(inner: Incoming, gap: Duration, min_rate: u64) -> ClientBody {
         ClientBody {
             inner,
             gap,
             timer: None,
             progressed: false,
+            min_rate,
+            bytes: 0,
+            waiting_since: None,
         }
+    }
+
+    /// Whether the body, waited on for longer than `gap`, averages fewer
+    /// than `min_rate` bytes a second since then.
+    fn too_slow(&self, now: tokio::time::Instant) -> bool {
+        let Some(since) = self.waiting_since else {
+            return false;
+        };
+        let elapsed = now.duration_since(since);
+        self.min_rate > 0
+            && elapsed > self.gap
+            && (self.bytes as f64) < self.min_rate as f64 * elapsed.as_secs_f64()
     }
 }
 
@@ -123,6 +151,8 @@ pub enum ClientBodyError {
     Read(hyper::Error),
     #[error("the client sent nothing for {} ms", .0.as_millis())]
     Stalled(Duration),
+    #[error("the client sent the body slower than {0} bytes a second")]
+    TooSlow(u64),
 }
 
 impl Body for ClientBody {
@@ -136,16 +166,26 @@ impl Body for ClientBody {
         let this = &mut *self;
         if let Poll::Ready(frame) = Pin::new(&mut this.inner).poll_frame(cx) {
             this.progressed = true;
+            if let Some(Ok(frame)) = &frame {
+                this.bytes += frame.data_ref().map_or(0, |d| d.len() as u64);
+            }
             return Poll::Ready(frame.map(|f| f.map_err(ClientBodyError::Read)));
         }
-        let timer = match &mut this.timer {
-            Some(timer) => {
-                if this.progressed {
-                    timer.as_mut().reset(tokio::time::Instant::now() + this.gap);
-                }
-                timer
+        if this.progressed && this.timer.is_some() {
+            let now = tokio::time::Instant::now();
+            if this.too_slow(now) {
+                return Poll::Ready(Some(Err(ClientBodyError::TooSlow(this.min_rate))));
             }
-            None => this.timer.insert(Box::pin(tokio::time::sleep(this.gap))),
+            if let Some(timer) = &mut this.timer {
+                timer.as_mut().reset(now + this.gap);
+            }
+        }
+        let timer = match &mut this.timer {
+            Some(timer) => timer,
+            None => {
+                this.waiting_since = Some(tokio::time::Instant::now());
+                this.timer.insert(Box::pin(tokio::time::sleep(this.gap)))
+            }
         };
         this.progressed = false;
         match timer.as_mut().poll(cx) {
@@ -270,7 +310,7 @@ impl Handler<ResponseBody> for HttpProxy {
         if let Some(len) = http_body::Body::size_hint(&body).exact() {
             inner.metrics.request_size.record(len as f64);
         }
-        let body = ClientBody::new(body, inner.body_timeout);
+        let body = ClientBody::new(body, inner.body_timeout, inner.body_min_rate);
         let body = match &capture {
             Some(capture) => TeeBody::tapped(body, capture.clone(), Side::Request),
             None => TeeBody::plain(body),
@@ -298,7 +338,12 @@ impl Handler<ResponseBody> for HttpProxy {
                 };
                 Response::from_parts(parts, Either::Left(body))
             }
-            Err(e) if matches!(client_body_error(&e), Some(ClientBodyError::Stalled(_))) => {
+            Err(e)
+                if matches!(
+                    client_body_error(&e),
+                    Some(ClientBodyError::Stalled(_) | ClientBodyError::TooSlow(_))
+                ) =>
+            {
                 let reason = root_cause(&e);
                 debug!(client = %client, error = %reason, "request body stalled");
                 inner.metrics.request(&method, 408);

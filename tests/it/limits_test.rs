@@ -217,6 +217,49 @@ async fn limits_test_a_stalled_request_body_gets_408_and_others_are_served() {
     node.stop().await;
 }
 
+/// A body that trickles (a byte every 100 ms, never a gap of
+/// `body_timeout_ms`) is cut once it averages below `http.body_min_rate`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn limits_test_a_trickling_request_body_gets_408() {
+    let downstream = FakeDownstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let node = support::start_node(proxy_config(
+        &downstream.url(),
+        dir.path(),
+        json!({"body_timeout_ms": 300, "body_min_rate": 500}),
+    ))
+    .await;
+    let proxy = node.http_addr.unwrap();
+
+    let conn = TcpStream::connect(proxy).await.unwrap();
+    let (mut reader, mut writer) = conn.into_split();
+    writer
+        .write_all(b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n")
+        .await
+        .unwrap();
+    let trickle = tokio::spawn(async move {
+        for _ in 0..100 {
+            if writer.write_all(b"x").await.is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+    let mut got = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), reader.read_to_end(&mut got)).await;
+    trickle.abort();
+    let said = String::from_utf8_lossy(&got);
+    assert!(
+        said.starts_with("HTTP/1.1 408"),
+        "a trickling body is answered 408: {said:?}"
+    );
+    assert!(
+        said.contains("bytes a second"),
+        "the answer says why: {said:?}"
+    );
+    node.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn limits_test_connections_over_max_connections_are_refused_and_counted() {
     let downstream = FakeDownstream::start().await;
