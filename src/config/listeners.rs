@@ -37,6 +37,10 @@ pub struct HttpConfig {
     /// A request body that sends nothing for this long ends the exchange (408).
     #[serde(default = "default_body_timeout_ms")]
     pub body_timeout_ms: u64,
+    /// The service this listener fronts, stored in each record so zone B
+    /// replays it to that service (null: the request's host, no port).
+    #[serde(default)]
+    pub service: Option<String>,
     /// Past its first `body_timeout_ms`, a request body that averages fewer
     /// bytes a second than this ends the exchange (408): a trickle (a byte
     /// every few seconds) never stalls long enough for the gap timeout.
@@ -94,6 +98,9 @@ pub struct TcpConfig {
     /// TLS towards the downstream, verified against `tls.ca`.
     #[serde(default)]
     pub downstream_tls: bool,
+    /// The service this listener fronts, stored in each session's record.
+    #[serde(default)]
+    pub service: Option<String>,
     /// Client connections relayed at once; more are accepted and closed at
     /// once (counted), and the open file limit may lower it.
     #[serde(default = "default_max_connections")]
@@ -214,6 +221,24 @@ impl FromStr for Downstream {
             return Err(format!("`{s}`: a downstream cannot carry a query"));
         }
         Ok(Downstream { uri })
+    }
+}
+
+impl Downstream {
+    /// A service endpoint: `host:port` (plain HTTP) or a URL with
+    /// `http://` or `https://` (TLS towards it).
+    pub fn endpoint(s: &str) -> Result<Downstream, String> {
+        if s.contains("://") {
+            return s.parse();
+        }
+        match s.rsplit_once(':') {
+            Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0) => {
+                format!("http://{s}").parse()
+            }
+            _ => Err(format!(
+                "`{s}` is not host:port or an http(s):// URL, e.g. 10.0.0.5:8080 or https://orders.b:8443"
+            )),
+        }
     }
 }
 

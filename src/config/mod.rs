@@ -380,6 +380,24 @@ impl Config {
                 "must be at least 1 (1: park a record at its first failed try)".into(),
             ));
         }
+        if let Some(sd) = &self.service_discovery {
+            for service in &sd.config.static_services {
+                if service.name.is_empty() {
+                    return Err(invalid(
+                        "service_discovery.config.static_services",
+                        "a service needs a name".into(),
+                    ));
+                }
+                for endpoint in &service.endpoints {
+                    Downstream::endpoint(endpoint).map_err(|e| {
+                        invalid(
+                            "service_discovery.config.static_services",
+                            format!("service `{}`: {e}", service.name),
+                        )
+                    })?;
+                }
+            }
+        }
         if let Some(h) = self
             .playback
             .compare_headers
@@ -563,6 +581,24 @@ mod tests {
 
     fn parse(text: &str) -> Result<Config, ConfigError> {
         Config::parse(text, Path::new("test.json"))
+    }
+
+    #[test]
+    fn static_service_endpoints_are_host_port_or_urls() {
+        let text = |endpoint: &str| {
+            format!(
+                r#"{{"mode": "Playback", "http": {{"port": 1, "downstream": "http://a:1"}},
+  "service_discovery": {{"provider": "static", "config": {{"static_services": [
+    {{"name": "orders", "endpoints": ["10.0.0.5:8080", "{endpoint}"]}}]}}}}}}"#
+            )
+        };
+        assert!(parse(&text("https://orders.b:8443")).is_ok());
+        let err = parse(&text("orders.b")).unwrap_err().to_string();
+        assert!(err.contains("test.json:2:"), "{err}");
+        assert!(
+            err.contains("service `orders`: `orders.b` is not host:port"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -1,12 +1,14 @@
 //! The outbound side: everything a node connects to besides its peer
 //! nodes' listeners. The pooled HTTP client ([`client`]), raw TCP targets
-//! ([`tcp`]), and [`peer`], the one place that decides which address a
-//! request goes to.
+//! ([`tcp`]), service discovery ([`discovery`]), and [`peer`], the one place
+//! that decides which address a request goes to.
 
 pub mod client;
+pub mod discovery;
 pub mod peer;
 pub mod tcp;
 
 pub use client::{pooled_client, root_cause, Connector};
+pub use discovery::{Discovery, Endpoints, StaticDiscovery};
 pub use peer::http_peer;
 pub use tcp::TcpTarget;

@@ -27,6 +27,11 @@ pub struct Record {
     /// Why the exchange did not complete, if it did not.
     #[serde(default)]
     pub error: Option<String>,
+    /// The service zone A's listener fronts (`http.service`, `tcp.service`;
+    /// for HTTP the request's host when unset): zone B replays it to that
+    /// service's endpoints when service discovery knows them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<String>,
     pub exchange: Exchange,
 }
 
@@ -202,6 +207,7 @@ pub(crate) mod tests {
             duration_us: 1234,
             client_addr: "10.0.0.7:50000".into(),
             error: None,
+            service: None,
             exchange: Exchange::Http(HttpExchange {
                 method: "POST".into(),
                 uri: "/a/b?x=1".into(),

@@ -72,6 +72,12 @@ pub struct ReplayResult {
     /// first (see [`crate::playback::RetryPolicy`]).
     #[serde(default = "one")]
     pub attempts: u32,
+    /// The service the record names, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<String>,
+    /// Which endpoint (`host:port`) the replay went to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
 }
 
 fn one() -> u32 {

@@ -111,7 +111,8 @@ pub(super) fn serve_proxies(
             tls.client.clone(),
             pools,
         )
-        .with_body_timeout(h.body_timeout(), h.body_min_rate);
+        .with_body_timeout(h.body_timeout(), h.body_min_rate)
+        .with_service(h.service.as_deref());
         let options = Options {
             tls: tls.http.clone(),
             on_connection: Some(count_http_connection),
@@ -130,7 +131,8 @@ pub(super) fn serve_proxies(
         )));
     }
     if let Some((listener, target)) = tcp {
-        let proxy = TcpProxy::new(target, tls.tcp.clone(), recorder.clone());
+        let proxy = TcpProxy::new(target, tls.tcp.clone(), recorder.clone())
+            .with_service(config.tcp.as_ref().and_then(|t| t.service.as_deref()));
         tasks.push(tokio::spawn(proxy.serve(
             listener,
             shutdown.clone(),

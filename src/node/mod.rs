@@ -166,8 +166,10 @@ fn warn_unbuilt(config: &Config) {
     if config.grpc.as_ref().is_some_and(|g| g.enabled) {
         warn!("the grpc section is not served yet: this version proxies HTTP only");
     }
-    if config.service_discovery.is_some() {
-        debug!("service_discovery is parsed; replay targets are http.downstream for now");
+    if let Some(sd) = config.service_discovery.as_ref() {
+        if config.mode == Mode::Record {
+            debug!(provider = ?sd.provider, "service_discovery is used by Playback nodes");
+        }
     }
 }
 

@@ -7,12 +7,12 @@ use std::time::Duration;
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use tracing::warn;
+use tracing::{info, warn};
 
 use super::fabric::Fabric;
 use crate::api::PlaybackApi;
-use crate::config::{Config, Mode};
-use crate::downstream::TcpTarget;
+use crate::config::{Config, DiscoveryProvider, Mode};
+use crate::downstream::{Endpoints, StaticDiscovery, TcpTarget};
 use crate::playback::{Comparator, PlaybackStats, Replayer, RetryPolicy, SyncLink, SyncRunner};
 use crate::store::Store;
 use crate::sync::client::PeerClient;
@@ -42,18 +42,20 @@ pub(super) async fn start(
     let target = config.http.as_ref()?.downstream.clone();
     // The config checked every header name already.
     let comparator = Comparator::new(&config.playback).unwrap_or_default();
-    let replayer = Arc::new(
-        Replayer::new(
-            target,
-            tcp_target.clone(),
-            Duration::from_millis(config.playback.timeout_ms),
-            config.record.max_body_bytes,
-            tls.client.clone(),
-        )
-        .with_tcp_pacing(config.playback.tcp_pacing)
-        .with_retry_statuses(config.playback.retry_statuses.clone())
-        .with_comparator(comparator),
-    );
+    let replayer = Replayer::new(
+        target,
+        tcp_target.clone(),
+        Duration::from_millis(config.playback.timeout_ms),
+        config.record.max_body_bytes,
+        tls.client.clone(),
+    )
+    .with_tcp_pacing(config.playback.tcp_pacing)
+    .with_retry_statuses(config.playback.retry_statuses.clone())
+    .with_comparator(comparator);
+    let replayer = Arc::new(match discovery(config) {
+        Some(endpoints) => replayer.with_discovery(endpoints),
+        None => replayer,
+    });
     let peer = config.sync.peer.as_ref();
     if config.sync.enabled {
         let wake: Arc<[Notify]> = (0..config.sync.shards).map(|_| Notify::new()).collect();
@@ -109,6 +111,30 @@ pub(super) async fn start(
         max_push_bytes: config.playback.max_push_bytes,
         pushes: tokio::sync::Semaphore::new(crate::api::MAX_CONCURRENT_PUSHES),
     })
+}
+
+/// The endpoints of the services records name, from `service_discovery`
+/// (static for now; the other providers are not built yet and say so).
+fn discovery(config: &Config) -> Option<Arc<Endpoints>> {
+    let section = config.service_discovery.as_ref()?;
+    match section.provider {
+        DiscoveryProvider::Static => match StaticDiscovery::new(&section.config) {
+            Ok(found) => {
+                let endpoints = Endpoints::new(Arc::new(found));
+                info!(discovery = %endpoints.describe(), "replaying to the services records name");
+                Some(Arc::new(endpoints))
+            }
+            // The config checked every endpoint already.
+            Err(e) => {
+                warn!(error = %e, "service discovery not used");
+                None
+            }
+        },
+        other => {
+            warn!(provider = ?other, "this service discovery provider is not built yet; records are replayed to http.downstream");
+            None
+        }
+    }
 }
 
 /// Counts the records parked by an earlier run, once the store answers.

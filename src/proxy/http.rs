@@ -55,6 +55,8 @@ struct Inner {
     /// Bytes a second a request body must average past its first
     /// `body_timeout` (0: no minimum).
     body_min_rate: u64,
+    /// `http.service`, stored in each record (else the request's host).
+    service: Option<Arc<str>>,
 }
 
 /// What `http.body_timeout_ms` is by default.
@@ -80,8 +82,17 @@ impl HttpProxy {
                 recorder,
                 body_timeout: BODY_TIMEOUT,
                 body_min_rate: 0,
+                service: None,
             }),
         }
+    }
+
+    /// The service this listener fronts, stored in each record.
+    pub fn with_service(mut self, service: Option<&str>) -> HttpProxy {
+        Arc::get_mut(&mut self.inner)
+            .expect("set before the proxy is shared")
+            .service = service.map(Arc::from);
+        self
     }
 
     /// A request body that sends nothing for `gap`, or (past its first
@@ -285,6 +296,7 @@ impl Handler<ResponseBody> for HttpProxy {
                 parts.uri.clone(),
                 parts.version,
                 parts.headers.clone(),
+                inner.service.clone(),
             )
         });
         append_forwarded_for(&mut parts.headers, client.ip());

@@ -34,6 +34,8 @@ pub struct TcpProxy {
     downstream: TcpTarget,
     acceptor: Option<TlsAcceptor>,
     recorder: Option<Recorder>,
+    /// `tcp.service`, stored in each record.
+    service: Option<Arc<str>>,
 }
 
 /// The session being captured, shared by the two directions.
@@ -91,7 +93,14 @@ impl TcpProxy {
             downstream,
             acceptor,
             recorder,
+            service: None,
         }
+    }
+
+    /// The service this listener fronts, stored in each session's record.
+    pub fn with_service(mut self, service: Option<&str>) -> TcpProxy {
+        self.service = service.map(Arc::from);
+        self
     }
 
     /// Accepts until `shutdown`, then gives open connections `grace`.
@@ -180,6 +189,7 @@ impl TcpProxy {
             duration_us: started.elapsed().as_micros() as u64,
             client_addr: addr.to_string(),
             error,
+            service: self.service.as_deref().map(str::to_owned),
             exchange: Exchange::Tcp(TcpSession {
                 downstream: self.downstream.to_string(),
                 chunks: tape.chunks,

@@ -53,6 +53,7 @@ impl Capture {
         uri: Uri,
         version: Version,
         request_headers: HeaderMap,
+        service: Option<Arc<str>>,
     ) -> Capture {
         let exchange = RawExchange {
             captured_at_ms: crate::clock::now_ms(),
@@ -67,6 +68,7 @@ impl Capture {
             response_body: BodyBuf::default(),
             duration: Duration::ZERO,
             error: None,
+            service,
         };
         Capture {
             shared: Arc::new(Shared {

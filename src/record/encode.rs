@@ -32,6 +32,10 @@ pub fn encode_exchange(raw: &RawExchange, shard: u32, redact: &[HeaderName]) -> 
         duration_us: raw.duration.as_micros() as u64,
         client_addr: text_in(raw.client_addr, &mut client_addr),
         error: raw.error.as_deref(),
+        service: raw
+            .service
+            .as_deref()
+            .or_else(|| host_service(&raw.request_headers)),
         exchange: ExchangeView::Http(HttpView {
             method: raw.method.as_str(),
             uri: raw.uri.path_and_query().map_or("/", |pq| pq.as_str()),
@@ -57,6 +61,17 @@ pub fn encode_exchange(raw: &RawExchange, shard: u32, redact: &[HeaderName]) -> 
         .serialize(&mut rmp_serde::Serializer::new(&mut out).with_struct_map())
         .expect("writing to a Vec cannot fail");
     Bytes::from(out)
+}
+
+/// The default service of an HTTP exchange: its `Host` without the port.
+fn host_service(headers: &HeaderMap) -> Option<&str> {
+    let host = headers.get(http::header::HOST)?.to_str().ok()?;
+    let name = match host.rsplit_once(':') {
+        // An IPv6 literal keeps its brackets: `[::1]:80` → `[::1]`.
+        Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => name,
+        _ => host,
+    };
+    (!name.is_empty()).then_some(name)
 }
 
 /// A body's bytes in one piece (a copy only when it came in several).
@@ -97,6 +112,8 @@ struct RecordView<'a> {
     duration_us: u64,
     client_addr: &'a str,
     error: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    service: Option<&'a str>,
     exchange: ExchangeView<'a>,
 }
 
@@ -189,6 +206,7 @@ mod tests {
             },
             duration: Duration::from_micros(1234),
             error: Some("client went away".into()),
+            service: None,
         }
     }
 
@@ -204,6 +222,7 @@ mod tests {
             duration_us: 1234,
             client_addr: "[::1]:50000".into(),
             error: Some("client went away".into()),
+            service: Some("zone-a".into()),
             exchange: Exchange::Http(HttpExchange {
                 method: "PATCH".into(),
                 uri: "/a/b?x=1".into(),
@@ -227,6 +246,29 @@ mod tests {
         let mut again = expected;
         again.id = None;
         assert_eq!(again.encode_pieces(), [encode_exchange(&raw(), 3, &redact)]);
+    }
+
+    #[test]
+    fn the_service_is_the_configured_one_else_the_host_without_its_port() {
+        let mut raw = raw();
+        raw.service = Some("orders".into());
+        let decode = |raw: &RawExchange| {
+            Record::decode_pieces(RecordId::ZERO, &[encode_exchange(raw, 0, &[])]).unwrap()
+        };
+        assert_eq!(decode(&raw).service.as_deref(), Some("orders"));
+        raw.service = None;
+        for (host, service) in [
+            ("svc.b:8080", Some("svc.b")),
+            ("svc.b", Some("svc.b")),
+            ("[::1]:80", Some("[::1]")),
+            ("", None),
+        ] {
+            raw.request_headers
+                .insert("host", HeaderValue::from_str(host).unwrap());
+            assert_eq!(decode(&raw).service.as_deref(), service, "{host}");
+        }
+        raw.request_headers.remove("host");
+        assert_eq!(decode(&raw).service, None);
     }
 
     #[test]

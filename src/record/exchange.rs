@@ -59,4 +59,6 @@ pub struct RawExchange {
     pub response_body: BodyBuf,
     pub duration: Duration,
     pub error: Option<String>,
+    /// The listener's configured service (`http.service`), if any.
+    pub service: Option<std::sync::Arc<str>>,
 }

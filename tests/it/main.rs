@@ -7,6 +7,7 @@ mod support;
 
 mod config_test;
 mod demo_test;
+mod discovery_test;
 mod failure_test;
 mod layers_test;
 mod limits_test;

@@ -20,6 +20,7 @@ fn record(shard: u32, body: Bytes) -> Record {
         duration_us: 2,
         client_addr: "127.0.0.1:1".into(),
         error: None,
+        service: None,
         exchange: Exchange::Http(HttpExchange {
             method: "PUT".into(),
             uri: "/x".into(),
@@ -62,6 +63,8 @@ fn result(id: RecordId, shard: u32, outcome: Outcome, at: u64) -> ReplayResult {
         recorded_status: Some(200),
         replayed_status: Some(200),
         attempts: 1,
+        service: None,
+        endpoint: None,
     }
 }
 

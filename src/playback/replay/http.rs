@@ -8,6 +8,7 @@ use http_body_util::{BodyExt, Full, Limited};
 use super::super::compare::{header_map, Answer};
 use super::super::Outcome;
 use super::{Failure, Replayer, REPLAY_ID_HEADER, REPLAY_SHARD_HEADER};
+use crate::config::Downstream;
 use crate::downstream::{http_peer, root_cause};
 use crate::model::headers::is_hop_by_hop;
 use crate::record::{header_value_to_bytes, HttpExchange, Record, RecordId};
@@ -21,15 +22,16 @@ impl Replayer {
         record: &Record,
         id: RecordId,
         http: &HttpExchange,
+        target: &Downstream,
     ) -> Result<Judged, Failure> {
         if let Some(reason) = skip_reason(record, http) {
             return Ok((Outcome::Skipped, Some(reason), None));
         }
-        let (status, headers, body) = self.replay_http(record.shard, id, http).await?;
+        let (status, headers, body) = self.replay_http(record.shard, id, http, target).await?;
         if self.gateway_failure(status, http.status) {
             return Err(Failure::transient(format!(
                 "target {} answered {status} (listed in playback.retry_statuses)",
-                self.target.authority()
+                target.authority()
             )));
         }
         let recorded_headers = header_map(&http.response_headers);
@@ -57,17 +59,17 @@ impl Replayer {
         shard: u32,
         id: RecordId,
         http: &HttpExchange,
+        target: &Downstream,
     ) -> Result<(u16, HeaderMap, Bytes), Failure> {
         let request = self
-            .build_request(shard, id, http)
+            .build_request(shard, id, http, target)
             .map_err(Failure::permanent)?;
         let exchange = async {
             let response = self.client.request(request).await.map_err(|e| {
-                Failure::transient(format!(
-                    "target {}: {}",
-                    self.target.authority(),
-                    root_cause(&e)
-                ))
+                if e.is_connect() {
+                    self.unreachable(target);
+                }
+                Failure::transient(format!("target {}: {}", target.authority(), root_cause(&e)))
             })?;
             let (parts, body) = response.into_parts();
             let status = parts.status.as_u16();
@@ -91,7 +93,7 @@ impl Replayer {
             .map_err(|_| {
                 Failure::transient(format!(
                     "no answer from {} within {:?}",
-                    self.target.authority(),
+                    target.authority(),
                     self.timeout
                 ))
             })?
@@ -102,6 +104,7 @@ impl Replayer {
         shard: u32,
         id: RecordId,
         http: &HttpExchange,
+        target: &Downstream,
     ) -> Result<Request<Full<Bytes>>, String> {
         let method = Method::from_bytes(http.method.as_bytes())
             .map_err(|_| format!("recorded method `{}` is not valid", http.method))?;
@@ -109,7 +112,7 @@ impl Replayer {
             .uri
             .parse()
             .map_err(|e| format!("recorded uri `{}`: {e}", http.uri))
-            .and_then(|uri| http_peer(&self.target, &uri).map_err(|e| e.to_string()))?;
+            .and_then(|uri| http_peer(target, &uri).map_err(|e| e.to_string()))?;
         let mut request = Request::builder().method(method).uri(uri);
         let headers = request.headers_mut().expect("builder is fresh");
         for (name, value) in &http.request_headers {

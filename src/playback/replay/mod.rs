@@ -18,7 +18,7 @@ use tracing::{info_span, Instrument};
 use super::compare::Comparator;
 use super::{Attempt, Outcome, ReplayResult};
 use crate::config::{Downstream, TcpPacing};
-use crate::downstream::TcpTarget;
+use crate::downstream::{Endpoints, TcpTarget};
 use crate::metrics as m;
 use crate::record::{Exchange, Record, RecordId};
 
@@ -39,6 +39,9 @@ pub struct Replayer {
     /// Replayed statuses that mean a gateway could not reach the target.
     retry_statuses: Vec<u16>,
     comparator: Comparator,
+    /// The endpoints of the services records name, when service discovery
+    /// is configured; other records go to `target`.
+    endpoints: Option<Arc<Endpoints>>,
 }
 
 /// Why a replay did not reach its target.
@@ -83,6 +86,32 @@ impl Replayer {
             tcp_pacing: TcpPacing::Fast,
             retry_statuses: Vec::new(),
             comparator: Comparator::default(),
+            endpoints: None,
+        }
+    }
+
+    /// Replays each HTTP record to an endpoint of the service it names,
+    /// when discovery knows that service.
+    pub fn with_discovery(mut self, endpoints: Arc<Endpoints>) -> Replayer {
+        self.endpoints = Some(endpoints);
+        self
+    }
+
+    /// Where an HTTP record goes: an endpoint of its service (round robin,
+    /// passing over ones that refused lately), else the node's downstream.
+    fn http_target(&self, record: &Record) -> Downstream {
+        record
+            .service
+            .as_deref()
+            .zip(self.endpoints.as_ref())
+            .and_then(|(service, endpoints)| endpoints.pick(service))
+            .unwrap_or_else(|| self.target.clone())
+    }
+
+    /// `target` could not be reached: discovery passes it over for a while.
+    fn unreachable(&self, target: &Downstream) {
+        if let Some(endpoints) = &self.endpoints {
+            endpoints.refused(target);
         }
     }
 
@@ -134,8 +163,14 @@ impl Replayer {
         let id = record.id.unwrap_or(RecordId::ZERO);
         let protocol = record.protocol().as_str();
         let mut transient = false;
+        let mut endpoint = None;
         let judged = match &record.exchange {
-            Exchange::Http(http) => self.http(record, id, http).await,
+            Exchange::Http(http) => {
+                let target = self.http_target(record);
+                let judged = self.http(record, id, http, &target).await;
+                endpoint = Some(target.authority().to_string());
+                judged
+            }
             Exchange::Tcp(tcp) => self.tcp(record, tcp).await.map(|(o, d)| (o, d, None)),
         };
         let (outcome, detail, replayed_status) = match judged {
@@ -170,6 +205,8 @@ impl Replayer {
                 recorded_status,
                 replayed_status,
                 attempts: 1,
+                service: record.service.clone(),
+                endpoint: endpoint.filter(|_| outcome != Outcome::Skipped),
             },
             transient,
         }

@@ -1,0 +1,116 @@
+//! Service discovery on the Playback node: records are replayed to the
+//! endpoints of the service they name (`static` provider), round robin,
+//! passing over an endpoint that refuses; a service discovery does not know
+//! goes to the node's own downstream.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::Request;
+use http_body_util::Full;
+use serde_json::json;
+
+use crate::support::{self, eventually, get_json, ClientConn, FakeDownstream, StoreChoice};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn discovery_test_static_services_share_the_replays_and_unknown_ones_go_to_the_downstream() {
+    let zone_a = FakeDownstream::start().await;
+    let (one, two, own) = (
+        FakeDownstream::start().await,
+        FakeDownstream::start().await,
+        FakeDownstream::start().await,
+    );
+    // An endpoint that refuses connections: bound, never listening.
+    let refusing = tokio::net::TcpSocket::new_v4().unwrap();
+    refusing.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let refusing_addr = refusing.local_addr().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let record = support::start_node(support::record_config(
+        &zone_a.url(),
+        1,
+        &StoreChoice::Embedded(dir.path().join("a")),
+    ))
+    .await;
+    let mut config = support::playback_config(
+        &own.url(),
+        1,
+        record.api_addr,
+        &StoreChoice::Embedded(dir.path().join("b")),
+    );
+    config["service_discovery"] = json!({
+        "provider": "static",
+        "config": {"static_services": [
+            {"name": "orders", "endpoints": [one.addr.to_string(), refusing_addr.to_string(), two.addr.to_string()]},
+        ]},
+    });
+    let playback = support::start_node(config).await;
+
+    // Ten requests for `orders` (the Host, without its port), two for a
+    // service discovery does not know.
+    let mut conn =
+        ClientConn::connect("127.0.0.1".parse().unwrap(), record.http_addr.unwrap()).await;
+    for (host, n) in [("orders:8080", 10), ("billing", 2)] {
+        for i in 0..n {
+            let req = Request::post(format!("/{host}/{i}"))
+                .header("host", host)
+                .body(Full::new(Bytes::from("x")))
+                .unwrap();
+            conn.send(req).await;
+        }
+    }
+
+    eventually("all twelve replayed", Duration::from_secs(30), || async {
+        (one.count() + two.count() + own.count() == 12).then_some(())
+    })
+    .await;
+    assert_eq!(own.count(), 2, "an unknown service goes to http.downstream");
+    assert!(own.seen().iter().all(|s| s.uri.starts_with("/billing/")));
+    let orders: Vec<_> = one.seen().into_iter().chain(two.seen()).collect();
+    assert_eq!(orders.len(), 10);
+    assert!(
+        one.count() >= 3 && two.count() >= 3,
+        "both endpoints share the load: {} / {}",
+        one.count(),
+        two.count()
+    );
+    let ids: HashSet<_> = orders
+        .iter()
+        .map(|s| s.header("x-qproxy-replay-id").unwrap().to_string())
+        .collect();
+    assert_eq!(
+        ids.len(),
+        10,
+        "each record once, none lost to the refusing endpoint"
+    );
+
+    let (_, replays) = get_json(&format!(
+        "http://{}/api/replays?limit=100",
+        playback.api_addr
+    ))
+    .await;
+    let results = replays["results"].as_array().unwrap();
+    assert_eq!(results.len(), 12);
+    let endpoints: HashSet<&str> = results
+        .iter()
+        .filter(|r| r["service"] == "orders")
+        .map(|r| r["endpoint"].as_str().unwrap())
+        .collect();
+    let expected: HashSet<String> = [one.addr.to_string(), two.addr.to_string()].into();
+    assert_eq!(
+        endpoints,
+        expected.iter().map(String::as_str).collect(),
+        "each result says which endpoint served it"
+    );
+    assert!(results
+        .iter()
+        .filter(|r| r["service"] == "billing")
+        .all(|r| r["endpoint"] == own.addr.to_string()));
+    assert!(
+        results.iter().all(|r| r["outcome"] == "matched"),
+        "{replays}"
+    );
+
+    playback.stop().await;
+    record.stop().await;
+}
