@@ -707,6 +707,7 @@ impl Api {
                 "retries": s.retries.load(Ordering::Relaxed),
                 "parked": s.parked.load(Ordering::Relaxed),
                 "waiting": s.waiting(),
+                "discovery": pb.replayer.discovery().map(|d| d.status()),
             });
         }
         Ok(json_response(StatusCode::OK, &body))

@@ -18,6 +18,9 @@ pub trait Discovery: Send + Sync {
 
     /// Names the provider for logs and status pages.
     fn describe(&self) -> String;
+
+    /// Every known service with its endpoints, for `/api/status`.
+    fn services(&self) -> Vec<(String, Arc<[Downstream]>)>;
 }
 
 /// `provider: "static"`: the `static_services` of the config.
@@ -50,6 +53,16 @@ impl Discovery for StaticDiscovery {
 
     fn describe(&self) -> String {
         format!("static ({} services)", self.services.len())
+    }
+
+    fn services(&self) -> Vec<(String, Arc<[Downstream]>)> {
+        let mut all: Vec<_> = self
+            .services
+            .iter()
+            .map(|(name, endpoints)| (name.clone(), endpoints.clone()))
+            .collect();
+        all.sort_by(|a, b| a.0.cmp(&b.0));
+        all
     }
 }
 
@@ -93,6 +106,35 @@ impl Endpoints {
             .find(|e| usable(e))
             .or_else(|| endpoints.get(start % endpoints.len()))
             .cloned()
+    }
+
+    /// What `/api/status` shows: the provider, and each service with its
+    /// endpoints and those passed over now.
+    pub fn status(&self) -> serde_json::Value {
+        let refused = self.refused.lock().expect("refused lock");
+        let services: Vec<serde_json::Value> = self
+            .discovery
+            .services()
+            .into_iter()
+            .map(|(name, endpoints)| {
+                let show = |e: &Downstream| e.authority().to_string();
+                let passed_over: Vec<String> = endpoints
+                    .iter()
+                    .filter(|e| {
+                        refused
+                            .get(&e.uri.to_string())
+                            .is_some_and(|at| at.elapsed() < SKIP_FOR)
+                    })
+                    .map(show)
+                    .collect();
+                serde_json::json!({
+                    "name": name,
+                    "endpoints": endpoints.iter().map(show).collect::<Vec<_>>(),
+                    "passed_over": passed_over,
+                })
+            })
+            .collect();
+        serde_json::json!({"provider": self.discovery.describe(), "services": services})
     }
 
     /// `endpoint` refused a connection or could not be reached: pass it

@@ -97,6 +97,11 @@ impl Replayer {
         self
     }
 
+    /// The service endpoints records are replayed to, when configured.
+    pub fn discovery(&self) -> Option<&Arc<Endpoints>> {
+        self.endpoints.as_ref()
+    }
+
     /// Where an HTTP record goes: an endpoint of its service (round robin,
     /// passing over ones that refused lately), else the node's downstream.
     fn http_target(&self, record: &Record) -> Downstream {
