@@ -111,6 +111,27 @@ async fn discovery_test_static_services_share_the_replays_and_unknown_ones_go_to
         "{replays}"
     );
 
+    let (_, status) = get_json(&format!("http://{}/api/status", playback.api_addr)).await;
+    let discovery = &status["playback"]["discovery"];
+    assert_eq!(discovery["provider"], "static (1 services)", "{status}");
+    assert_eq!(discovery["services"][0]["name"], "orders");
+    assert_eq!(
+        discovery["services"][0]["endpoints"],
+        json!([
+            one.addr.to_string(),
+            refusing_addr.to_string(),
+            two.addr.to_string()
+        ])
+    );
+    // Passed over for 5 s after it refused (already over on a very slow box).
+    let passed_over = discovery["services"][0]["passed_over"].as_array().unwrap();
+    assert!(
+        passed_over
+            .iter()
+            .all(|e| e == &json!(refusing_addr.to_string())),
+        "only the refusing endpoint is passed over: {status}"
+    );
+
     playback.stop().await;
     record.stop().await;
 }
