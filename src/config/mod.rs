@@ -381,6 +381,23 @@ impl Config {
             ));
         }
         if let Some(sd) = &self.service_discovery {
+            if sd.provider == DiscoveryProvider::Zookeeper {
+                match &sd.config.zookeeper {
+                    None => {
+                        return Err(invalid(
+                            "service_discovery.config",
+                            "provider zookeeper needs \"zookeeper\": {\"address\": \"host:2181\", \"base_path\": \"/services\"}".into(),
+                        ))
+                    }
+                    Some(zk) if !zk.base_path.starts_with('/') => {
+                        return Err(invalid(
+                            "service_discovery.config.zookeeper.base_path",
+                            format!("`{}` must start with /", zk.base_path),
+                        ))
+                    }
+                    Some(_) => {}
+                }
+            }
             for service in &sd.config.static_services {
                 if service.name.is_empty() {
                     return Err(invalid(

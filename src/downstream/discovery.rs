@@ -66,6 +66,178 @@ impl Discovery for StaticDiscovery {
     }
 }
 
+/// `provider: "zookeeper"`: the instances of service S are the children of
+/// `<base_path>/S`; a child's data is JSON `{"host", "port"}` (Curator's
+/// `{"address", "port", "sslPort"}` too; `sslPort` means TLS), or, with
+/// empty data, its name is `host:port`. A background task reads them again
+/// every [`ZK_POLL`], so a registration or a removal takes effect within
+/// about a second, and keeps the last known endpoints while ZooKeeper is
+/// away.
+pub struct ZooKeeperDiscovery {
+    address: String,
+    base_path: String,
+    cache: std::sync::RwLock<HashMap<String, Arc<[Downstream]>>>,
+    connected: std::sync::atomic::AtomicBool,
+}
+
+/// How often the ZooKeeper registrations are read again.
+pub const ZK_POLL: Duration = Duration::from_millis(500);
+
+impl ZooKeeperDiscovery {
+    pub fn new(address: &str, base_path: &str) -> ZooKeeperDiscovery {
+        ZooKeeperDiscovery {
+            address: address.to_string(),
+            base_path: base_path.trim_end_matches('/').to_string(),
+            cache: std::sync::RwLock::new(HashMap::new()),
+            connected: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
+
+    /// Keeps the cache current until `shutdown`: connects (again after a
+    /// lost session), reads every service's instances, repeats.
+    pub async fn run(self: Arc<Self>, shutdown: tokio_util::sync::CancellationToken) {
+        let mut logged_down = false;
+        loop {
+            let connected = tokio::select! {
+                c = zookeeper_client::Client::connector()
+                    .with_session_timeout(Duration::from_secs(10))
+                    .with_connection_timeout(Duration::from_secs(2))
+                    .connect(&self.address) => c,
+                _ = shutdown.cancelled() => return,
+            };
+            match connected {
+                Ok(client) => {
+                    tracing::info!(address = %self.address, "zookeeper connected; reading services");
+                    logged_down = false;
+                    self.connected.store(true, Ordering::Relaxed);
+                    loop {
+                        match self.read_all(&client).await {
+                            Ok(services) => {
+                                *self.cache.write().expect("cache lock") = services;
+                            }
+                            Err(e) => {
+                                tracing::warn!(address = %self.address, error = %e, "zookeeper read failed; keeping the last known endpoints and reconnecting");
+                                break;
+                            }
+                        }
+                        tokio::select! {
+                            _ = tokio::time::sleep(ZK_POLL) => {}
+                            _ = shutdown.cancelled() => return,
+                        }
+                    }
+                    self.connected.store(false, Ordering::Relaxed);
+                }
+                Err(e) => {
+                    if !logged_down {
+                        tracing::warn!(address = %self.address, error = %e, "zookeeper unreachable; keeping the last known endpoints");
+                        logged_down = true;
+                    }
+                }
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                _ = shutdown.cancelled() => return,
+            }
+        }
+    }
+
+    async fn read_all(
+        &self,
+        client: &zookeeper_client::Client,
+    ) -> Result<HashMap<String, Arc<[Downstream]>>, zookeeper_client::Error> {
+        let root = if self.base_path.is_empty() {
+            "/"
+        } else {
+            self.base_path.as_str()
+        };
+        let names = match client.list_children(root).await {
+            Ok(names) => names,
+            Err(zookeeper_client::Error::NoNode) => Vec::new(),
+            Err(e) => return Err(e),
+        };
+        let mut services = HashMap::new();
+        for name in names.into_iter().filter(|n| !n.starts_with('_')) {
+            let path = format!("{}/{name}", self.base_path);
+            let children = match client.list_children(&path).await {
+                Ok(children) => children,
+                Err(zookeeper_client::Error::NoNode) => continue,
+                Err(e) => return Err(e),
+            };
+            let mut endpoints = Vec::new();
+            for child in children {
+                let data = match client.get_data(&format!("{path}/{child}")).await {
+                    Ok((data, _)) => data,
+                    Err(zookeeper_client::Error::NoNode) => continue,
+                    Err(e) => return Err(e),
+                };
+                match instance(&child, &data) {
+                    Some(endpoint) => endpoints.push(endpoint),
+                    None => {
+                        tracing::debug!(service = %name, instance = %child, "instance data is not {{host, port}}; skipped")
+                    }
+                }
+            }
+            endpoints.sort_by_key(|e| e.uri.to_string());
+            if !endpoints.is_empty() {
+                services.insert(name, endpoints.into());
+            }
+        }
+        Ok(services)
+    }
+}
+
+/// An instance znode: JSON `{"host","port"}`, Curator's
+/// `{"address","port","sslPort"}`, or empty data and a `host:port` name.
+fn instance(name: &str, data: &[u8]) -> Option<Downstream> {
+    if data.iter().all(u8::is_ascii_whitespace) {
+        return Downstream::endpoint(name).ok();
+    }
+    let value: serde_json::Value = serde_json::from_slice(data).ok()?;
+    let host = value
+        .get("host")
+        .or_else(|| value.get("address"))?
+        .as_str()?;
+    let tls_port = value.get("sslPort").and_then(serde_json::Value::as_u64);
+    match tls_port.filter(|p| *p > 0) {
+        Some(port) => Downstream::endpoint(&format!("https://{host}:{port}")).ok(),
+        None => {
+            let port = value.get("port")?.as_u64()?;
+            Downstream::endpoint(&format!("{host}:{port}")).ok()
+        }
+    }
+}
+
+impl Discovery for ZooKeeperDiscovery {
+    fn endpoints(&self, service: &str) -> Option<Arc<[Downstream]>> {
+        self.cache.read().expect("cache lock").get(service).cloned()
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "zookeeper {}{} ({})",
+            self.address,
+            self.base_path,
+            if self.connected.load(Ordering::Relaxed) {
+                "connected"
+            } else {
+                "not connected"
+            }
+        )
+    }
+
+    fn services(&self) -> Vec<(String, Arc<[Downstream]>)> {
+        let mut all: Vec<_> = self
+            .cache
+            .read()
+            .expect("cache lock")
+            .iter()
+            .map(|(n, e)| (n.clone(), e.clone()))
+            .collect();
+        all.sort_by(|a, b| a.0.cmp(&b.0));
+        all
+    }
+}
+
 /// How long an endpoint that refused a connection is passed over.
 const SKIP_FOR: Duration = Duration::from_secs(5);
 
@@ -194,6 +366,28 @@ mod tests {
         }
         e.refused(&Downstream::endpoint("b:2").unwrap());
         assert!(e.pick("orders").is_some(), "all refused: still one to try");
+    }
+
+    #[test]
+    fn zookeeper_instances_in_every_shape_we_accept() {
+        let show = |d: Option<Downstream>| d.map(|d| d.uri.to_string());
+        assert_eq!(
+            show(instance("i1", br#"{"host": "10.0.0.5", "port": 8080}"#)),
+            Some("http://10.0.0.5:8080/".into())
+        );
+        assert_eq!(
+            show(instance(
+                "i2",
+                br#"{"name":"orders","address":"10.0.0.6","port":80,"sslPort":8443}"#
+            )),
+            Some("https://10.0.0.6:8443/".into())
+        );
+        assert_eq!(
+            show(instance("10.0.0.7:81", b"")),
+            Some("http://10.0.0.7:81/".into())
+        );
+        assert_eq!(show(instance("i3", b"garbage")), None);
+        assert_eq!(show(instance("i4", br#"{"host": "h"}"#)), None);
     }
 
     #[test]

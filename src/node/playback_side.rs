@@ -12,7 +12,7 @@ use tracing::{info, warn};
 use super::fabric::Fabric;
 use crate::api::PlaybackApi;
 use crate::config::{Config, DiscoveryProvider, Mode};
-use crate::downstream::{Endpoints, StaticDiscovery, TcpTarget};
+use crate::downstream::{Endpoints, StaticDiscovery, TcpTarget, ZooKeeperDiscovery};
 use crate::playback::{Comparator, PlaybackStats, Replayer, RetryPolicy, SyncLink, SyncRunner};
 use crate::store::Store;
 use crate::sync::client::PeerClient;
@@ -52,7 +52,7 @@ pub(super) async fn start(
     .with_tcp_pacing(config.playback.tcp_pacing)
     .with_retry_statuses(config.playback.retry_statuses.clone())
     .with_comparator(comparator);
-    let replayer = Arc::new(match discovery(config) {
+    let replayer = Arc::new(match discovery(config, shutdown, tasks) {
         Some(endpoints) => replayer.with_discovery(endpoints),
         None => replayer,
     });
@@ -114,8 +114,12 @@ pub(super) async fn start(
 }
 
 /// The endpoints of the services records name, from `service_discovery`
-/// (static for now; the other providers are not built yet and say so).
-fn discovery(config: &Config) -> Option<Arc<Endpoints>> {
+/// (static or ZooKeeper; Kubernetes is not built yet and says so).
+fn discovery(
+    config: &Config,
+    shutdown: &CancellationToken,
+    tasks: &mut Vec<JoinHandle<()>>,
+) -> Option<Arc<Endpoints>> {
     let section = config.service_discovery.as_ref()?;
     match section.provider {
         DiscoveryProvider::Static => match StaticDiscovery::new(&section.config) {
@@ -130,8 +134,17 @@ fn discovery(config: &Config) -> Option<Arc<Endpoints>> {
                 None
             }
         },
-        other => {
-            warn!(provider = ?other, "this service discovery provider is not built yet; records are replayed to http.downstream");
+        DiscoveryProvider::Zookeeper => {
+            // The config checked that the section is there.
+            let zk = section.config.zookeeper.as_ref()?;
+            let discovery = Arc::new(ZooKeeperDiscovery::new(&zk.address, &zk.base_path));
+            tasks.push(tokio::spawn(discovery.clone().run(shutdown.clone())));
+            let endpoints = Endpoints::new(discovery);
+            info!(discovery = %endpoints.describe(), "replaying to the services records name");
+            Some(Arc::new(endpoints))
+        }
+        DiscoveryProvider::Kubernetes => {
+            warn!("the kubernetes service discovery provider is not built yet; records are replayed to http.downstream");
             None
         }
     }

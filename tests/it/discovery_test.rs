@@ -135,3 +135,98 @@ async fn discovery_test_static_services_share_the_replays_and_unknown_ones_go_to
     playback.stop().await;
     record.stop().await;
 }
+
+/// ZooKeeper: instances registered under `<base_path>/<service>` are
+/// replayed to; a change of registration moves the replays without a
+/// restart; an unknown service goes to the node's own downstream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn discovery_test_zookeeper_registrations_move_the_replays_without_a_restart() {
+    let zk = support::ZooKeeperServer::start();
+    let client = zk.client().await;
+    let zone_a = FakeDownstream::start().await;
+    let (first, second, own) = (
+        FakeDownstream::start().await,
+        FakeDownstream::start().await,
+        FakeDownstream::start().await,
+    );
+    let data = |addr: std::net::SocketAddr| {
+        json!({"host": addr.ip().to_string(), "port": addr.port()}).to_string()
+    };
+    support::zk_register(&client, "/services/orders/i1", data(first.addr).as_bytes()).await;
+
+    let dir = tempfile::tempdir().unwrap();
+    let record = support::start_node(support::record_config(
+        &zone_a.url(),
+        1,
+        &StoreChoice::Embedded(dir.path().join("a")),
+    ))
+    .await;
+    let mut config = support::playback_config(
+        &own.url(),
+        1,
+        record.api_addr,
+        &StoreChoice::Embedded(dir.path().join("b")),
+    );
+    config["service_discovery"] = json!({
+        "provider": "zookeeper",
+        "config": {"zookeeper": {"address": zk.address(), "base_path": "/services"}},
+    });
+    let playback = support::start_node(config).await;
+    eventually(
+        "the playback node reads zookeeper",
+        Duration::from_secs(20),
+        || async {
+            let (_, status) = get_json(&format!("http://{}/api/status", playback.api_addr)).await;
+            (status["playback"]["discovery"]["services"][0]["name"] == "orders").then_some(())
+        },
+    )
+    .await;
+
+    let mut conn =
+        ClientConn::connect("127.0.0.1".parse().unwrap(), record.http_addr.unwrap()).await;
+    let send = |host: &'static str, tag: &'static str, n: usize| {
+        (0..n).map(move |i| {
+            Request::post(format!("/{tag}/{i}"))
+                .header("host", host)
+                .body(Full::new(Bytes::from("x")))
+                .unwrap()
+        })
+    };
+    for req in send("orders", "before", 3).chain(send("billing", "other", 1)) {
+        conn.send(req).await;
+    }
+    eventually(
+        "replayed to the registered instance",
+        Duration::from_secs(20),
+        || async { (first.count() == 3 && own.count() == 1).then_some(()) },
+    )
+    .await;
+
+    // The instance moves: replays follow within the poll interval.
+    client.delete("/services/orders/i1", None).await.unwrap();
+    support::zk_register(&client, "/services/orders/i2", data(second.addr).as_bytes()).await;
+    eventually(
+        "the playback node sees the move",
+        Duration::from_secs(10),
+        || async {
+            let (_, status) = get_json(&format!("http://{}/api/status", playback.api_addr)).await;
+            let endpoints = &status["playback"]["discovery"]["services"][0]["endpoints"];
+            (endpoints == &json!([second.addr.to_string()])).then_some(())
+        },
+    )
+    .await;
+    for req in send("orders", "after", 3) {
+        conn.send(req).await;
+    }
+    eventually(
+        "replayed to the new instance",
+        Duration::from_secs(20),
+        || async { (second.count() == 3).then_some(()) },
+    )
+    .await;
+    assert_eq!(first.count(), 3, "nothing more to the removed instance");
+    assert!(second.seen().iter().all(|s| s.uri.starts_with("/after/")));
+
+    playback.stop().await;
+    record.stop().await;
+}

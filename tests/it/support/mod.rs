@@ -11,12 +11,14 @@ mod downstream;
 mod mosquitto;
 mod nodes;
 mod redis;
+mod zookeeper;
 
 pub use client::*;
 pub use downstream::*;
 pub use mosquitto::*;
 pub use nodes::*;
 pub use redis::*;
+pub use zookeeper::*;
 
 use std::collections::HashMap;
 use std::convert::Infallible;
