@@ -48,6 +48,9 @@ pub const REPLAYS_PARKED: &str = "qproxy_replays_parked";
 /// Shards waiting on a record that could not be delivered yet.
 pub const SYNC_SHARDS_RETRYING: &str = "qproxy_sync_shards_retrying";
 pub const SYNC_PULLS_TOTAL: &str = "qproxy_sync_pulls_total";
+/// Service discovery reads that changed the known endpoints, and failures.
+pub const DISCOVERY_UPDATES_TOTAL: &str = "qproxy_discovery_updates_total";
+pub const DISCOVERY_ERRORS_TOTAL: &str = "qproxy_discovery_errors_total";
 pub const SYNC_ERRORS_TOTAL: &str = "qproxy_sync_errors_total";
 pub const SYNC_LAG_SECONDS: &str = "qproxy_sync_lag_seconds";
 pub const COMMITS_TOTAL: &str = "qproxy_commits_total";
@@ -176,6 +179,14 @@ fn describe() {
         "Shards waiting on a record that could not be delivered yet"
     );
     describe_counter!(SYNC_PULLS_TOTAL, "Batches pulled from the Record node");
+    describe_counter!(
+        DISCOVERY_UPDATES_TOTAL,
+        "Service discovery reads that changed the known endpoints"
+    );
+    describe_counter!(
+        DISCOVERY_ERRORS_TOTAL,
+        "Service discovery reads or connections that failed"
+    );
     describe_counter!(SYNC_ERRORS_TOTAL, "Failed sync rounds");
     describe_gauge!(
         SYNC_LAG_SECONDS,

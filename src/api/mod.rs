@@ -609,6 +609,15 @@ impl Api {
                 warnings.extend(problems);
             }
             components.insert("replay".into(), json!(replay));
+            if let Some(discovery) = pb.replayer.discovery() {
+                let problem = discovery.problem();
+                degraded |= problem.is_some();
+                components.insert(
+                    "discovery".into(),
+                    json!(if problem.is_some() { "DEGRADED" } else { "UP" }),
+                );
+                warnings.extend(problem);
+            }
         }
         components.insert("system".into(), up_down(true));
         let up = errors.is_empty();

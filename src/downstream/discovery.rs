@@ -21,6 +21,12 @@ pub trait Discovery: Send + Sync {
 
     /// Every known service with its endpoints, for `/api/status`.
     fn services(&self) -> Vec<(String, Arc<[Downstream]>)>;
+
+    /// Why the provider is not current, if it is not (`/health` says
+    /// DEGRADED: replays go on to the endpoints last known).
+    fn problem(&self) -> Option<String> {
+        None
+    }
 }
 
 /// `provider: "static"`: the `static_services` of the config.
@@ -113,9 +119,16 @@ impl ZooKeeperDiscovery {
                     loop {
                         match self.read_all(&client).await {
                             Ok(services) => {
-                                *self.cache.write().expect("cache lock") = services;
+                                let mut cache = self.cache.write().expect("cache lock");
+                                if *cache != services {
+                                    metrics::counter!(crate::metrics::DISCOVERY_UPDATES_TOTAL)
+                                        .increment(1);
+                                    *cache = services;
+                                }
                             }
                             Err(e) => {
+                                metrics::counter!(crate::metrics::DISCOVERY_ERRORS_TOTAL)
+                                    .increment(1);
                                 tracing::warn!(address = %self.address, error = %e, "zookeeper read failed; keeping the last known endpoints and reconnecting");
                                 break;
                             }
@@ -128,6 +141,7 @@ impl ZooKeeperDiscovery {
                     self.connected.store(false, Ordering::Relaxed);
                 }
                 Err(e) => {
+                    metrics::counter!(crate::metrics::DISCOVERY_ERRORS_TOTAL).increment(1);
                     if !logged_down {
                         tracing::warn!(address = %self.address, error = %e, "zookeeper unreachable; keeping the last known endpoints");
                         logged_down = true;
@@ -225,6 +239,15 @@ impl Discovery for ZooKeeperDiscovery {
         )
     }
 
+    fn problem(&self) -> Option<String> {
+        (!self.connected.load(Ordering::Relaxed)).then(|| {
+            format!(
+                "zookeeper {} not connected: replaying to the endpoints last known",
+                self.address
+            )
+        })
+    }
+
     fn services(&self) -> Vec<(String, Arc<[Downstream]>)> {
         let mut all: Vec<_> = self
             .cache
@@ -307,6 +330,11 @@ impl Endpoints {
             })
             .collect();
         serde_json::json!({"provider": self.discovery.describe(), "services": services})
+    }
+
+    /// Why discovery is not current, if it is not.
+    pub fn problem(&self) -> Option<String> {
+        self.discovery.problem()
     }
 
     /// `endpoint` refused a connection or could not be reached: pass it

@@ -84,13 +84,17 @@ async fn discovery_test_static_services_share_the_replays_and_unknown_ones_go_to
         "each record once, none lost to the refusing endpoint"
     );
 
-    let (_, replays) = get_json(&format!(
-        "http://{}/api/replays?limit=100",
-        playback.api_addr
-    ))
+    // Results are saved once their batch is done.
+    let replays = eventually("twelve results saved", Duration::from_secs(20), || async {
+        let (_, replays) = get_json(&format!(
+            "http://{}/api/replays?limit=100",
+            playback.api_addr
+        ))
+        .await;
+        (replays["results"].as_array().unwrap().len() == 12).then_some(replays)
+    })
     .await;
     let results = replays["results"].as_array().unwrap();
-    assert_eq!(results.len(), 12);
     let endpoints: HashSet<&str> = results
         .iter()
         .filter(|r| r["service"] == "orders")
@@ -141,7 +145,7 @@ async fn discovery_test_static_services_share_the_replays_and_unknown_ones_go_to
 /// restart; an unknown service goes to the node's own downstream.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn discovery_test_zookeeper_registrations_move_the_replays_without_a_restart() {
-    let zk = support::ZooKeeperServer::start();
+    let mut zk = support::ZooKeeperServer::start();
     let client = zk.client().await;
     let zone_a = FakeDownstream::start().await;
     let (first, second, own) = (
@@ -226,6 +230,27 @@ async fn discovery_test_zookeeper_registrations_move_the_replays_without_a_resta
     .await;
     assert_eq!(first.count(), 3, "nothing more to the removed instance");
     assert!(second.seen().iter().all(|s| s.uri.starts_with("/after/")));
+    let (_, health) = get_json(&format!("http://{}/health", playback.api_addr)).await;
+    assert_eq!(health["components"]["discovery"], "UP", "{health}");
+
+    // ZooKeeper goes away: /health says so, replays go on to the endpoints
+    // last known, and nothing is lost.
+    zk.stop();
+    eventually("discovery DEGRADED", Duration::from_secs(30), || async {
+        let (code, health) = get_json(&format!("http://{}/health", playback.api_addr)).await;
+        (health["components"]["discovery"] == "DEGRADED" && code == http::StatusCode::OK)
+            .then_some(())
+    })
+    .await;
+    for req in send("orders", "zk-down", 2) {
+        conn.send(req).await;
+    }
+    eventually(
+        "replayed while zookeeper is down",
+        Duration::from_secs(20),
+        || async { (second.count() == 5).then_some(()) },
+    )
+    .await;
 
     playback.stop().await;
     record.stop().await;
