@@ -398,6 +398,12 @@ impl Config {
                     Some(_) => {}
                 }
             }
+            if sd.provider == DiscoveryProvider::Kubernetes && sd.config.kubernetes.is_none() {
+                return Err(invalid(
+                    "service_discovery.config",
+                    "provider kubernetes needs \"kubernetes\": {\"namespace\": \"…\"} (service_account_token and api_server are optional)".into(),
+                ));
+            }
             for service in &sd.config.static_services {
                 if service.name.is_empty() {
                     return Err(invalid(

@@ -119,8 +119,13 @@ pub struct ZookeeperSettings {
 #[serde(deny_unknown_fields)]
 pub struct KubernetesSettings {
     pub namespace: String,
+    /// A file holding the service account's token; null: the in-cluster
+    /// path, `/var/run/secrets/kubernetes.io/serviceaccount/token`.
     #[serde(default)]
     pub service_account_token: Option<String>,
+    /// The API server's URL; null: `https://$KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT`.
+    #[serde(default)]
+    pub api_server: Option<String>,
 }
 
 fn default_max_push_bytes() -> usize {

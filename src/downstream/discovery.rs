@@ -261,6 +261,214 @@ impl Discovery for ZooKeeperDiscovery {
     }
 }
 
+/// `provider: "kubernetes"`: the EndpointSlices of the namespace, grouped by
+/// their `kubernetes.io/service-name` label; ready endpoints only, each
+/// slice's first port (TLS when that port is named `https` or its
+/// `appProtocol` is `https`). Read again every [`K8S_POLL`] (a list, not a
+/// watch: simpler, and current within a second); the last endpoints are
+/// kept while the API server is away.
+pub struct KubernetesDiscovery {
+    list_url: String,
+    token_file: std::path::PathBuf,
+    client:
+        hyper_util::client::legacy::Client<super::Connector, http_body_util::Full<bytes::Bytes>>,
+    cache: std::sync::RwLock<HashMap<String, Arc<[Downstream]>>>,
+    connected: std::sync::atomic::AtomicBool,
+}
+
+/// How often the EndpointSlices are listed again.
+pub const K8S_POLL: Duration = Duration::from_millis(500);
+const IN_CLUSTER_TOKEN: &str = "/var/run/secrets/kubernetes.io/serviceaccount/token";
+
+impl KubernetesDiscovery {
+    pub fn new(
+        settings: &crate::config::KubernetesSettings,
+        tls: Arc<rustls::ClientConfig>,
+    ) -> Result<KubernetesDiscovery, String> {
+        let api = match &settings.api_server {
+            Some(url) => url.trim_end_matches('/').to_string(),
+            None => {
+                let host = std::env::var("KUBERNETES_SERVICE_HOST").map_err(|_| {
+                    "no kubernetes.api_server and no KUBERNETES_SERVICE_HOST (not in a cluster?)"
+                        .to_string()
+                })?;
+                let port =
+                    std::env::var("KUBERNETES_SERVICE_PORT").unwrap_or_else(|_| "443".into());
+                format!("https://{host}:{port}")
+            }
+        };
+        Ok(KubernetesDiscovery {
+            list_url: format!(
+                "{api}/apis/discovery.k8s.io/v1/namespaces/{}/endpointslices",
+                settings.namespace
+            ),
+            token_file: settings
+                .service_account_token
+                .as_deref()
+                .unwrap_or(IN_CLUSTER_TOKEN)
+                .into(),
+            client: super::pooled_client(tls),
+            cache: std::sync::RwLock::new(HashMap::new()),
+            connected: std::sync::atomic::AtomicBool::new(false),
+        })
+    }
+
+    /// Keeps the cache current until `shutdown`.
+    pub async fn run(self: Arc<Self>, shutdown: tokio_util::sync::CancellationToken) {
+        let mut last_error: Option<String> = None;
+        loop {
+            match self.list().await {
+                Ok(services) => {
+                    if last_error.take().is_some() {
+                        tracing::info!(url = %self.list_url, "kubernetes API answers again");
+                    }
+                    self.connected.store(true, Ordering::Relaxed);
+                    let mut cache = self.cache.write().expect("cache lock");
+                    if *cache != services {
+                        metrics::counter!(crate::metrics::DISCOVERY_UPDATES_TOTAL).increment(1);
+                        *cache = services;
+                    }
+                }
+                Err(e) => {
+                    metrics::counter!(crate::metrics::DISCOVERY_ERRORS_TOTAL).increment(1);
+                    self.connected.store(false, Ordering::Relaxed);
+                    if last_error.as_deref() != Some(e.as_str()) {
+                        tracing::warn!(url = %self.list_url, error = %e, "cannot list EndpointSlices; keeping the last known endpoints");
+                        last_error = Some(e);
+                    }
+                }
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(K8S_POLL) => {}
+                _ = shutdown.cancelled() => return,
+            }
+        }
+    }
+
+    async fn list(&self) -> Result<HashMap<String, Arc<[Downstream]>>, String> {
+        use http_body_util::BodyExt;
+        let token = std::fs::read_to_string(&self.token_file)
+            .map_err(|e| format!("token {}: {e}", self.token_file.display()))?;
+        let request = http::Request::get(&self.list_url)
+            .header(
+                http::header::AUTHORIZATION,
+                format!("Bearer {}", token.trim()),
+            )
+            .header(http::header::ACCEPT, "application/json")
+            .body(http_body_util::Full::default())
+            .map_err(|e| e.to_string())?;
+        let response = tokio::time::timeout(Duration::from_secs(10), self.client.request(request))
+            .await
+            .map_err(|_| "no answer within 10 s".to_string())?
+            .map_err(|e| super::root_cause(&e))?;
+        let status = response.status();
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| e.to_string())?
+            .to_bytes();
+        if !status.is_success() {
+            return Err(format!(
+                "{status}: {}",
+                String::from_utf8_lossy(&body[..body.len().min(200)])
+            ));
+        }
+        let list: serde_json::Value =
+            serde_json::from_slice(&body).map_err(|e| format!("not an EndpointSliceList: {e}"))?;
+        Ok(services_of(&list))
+    }
+}
+
+/// The ready endpoints of every service in an `EndpointSliceList`.
+fn services_of(list: &serde_json::Value) -> HashMap<String, Arc<[Downstream]>> {
+    let mut services: HashMap<String, Vec<Downstream>> = HashMap::new();
+    for slice in list["items"].as_array().into_iter().flatten() {
+        let Some(service) = slice["metadata"]["labels"]["kubernetes.io/service-name"].as_str()
+        else {
+            continue;
+        };
+        let Some(port) = slice["ports"].as_array().and_then(|p| p.first()) else {
+            continue;
+        };
+        let Some(number) = port["port"].as_u64() else {
+            continue;
+        };
+        let tls = port["name"] == "https" || port["appProtocol"] == "https";
+        for endpoint in slice["endpoints"].as_array().into_iter().flatten() {
+            // Ready unless it says otherwise (the API's own rule).
+            if endpoint["conditions"]["ready"] == false {
+                continue;
+            }
+            for address in endpoint["addresses"].as_array().into_iter().flatten() {
+                let Some(address) = address.as_str() else {
+                    continue;
+                };
+                let host = if address.contains(':') {
+                    format!("[{address}]")
+                } else {
+                    address.to_string()
+                };
+                let url = if tls {
+                    format!("https://{host}:{number}")
+                } else {
+                    format!("{host}:{number}")
+                };
+                if let Ok(found) = Downstream::endpoint(&url) {
+                    services.entry(service.to_string()).or_default().push(found);
+                }
+            }
+        }
+    }
+    services
+        .into_iter()
+        .map(|(name, mut endpoints)| {
+            endpoints.sort_by_key(|e| e.uri.to_string());
+            endpoints.dedup();
+            (name, endpoints.into())
+        })
+        .collect()
+}
+
+impl Discovery for KubernetesDiscovery {
+    fn endpoints(&self, service: &str) -> Option<Arc<[Downstream]>> {
+        self.cache.read().expect("cache lock").get(service).cloned()
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "kubernetes {} ({})",
+            self.list_url,
+            if self.connected.load(Ordering::Relaxed) {
+                "connected"
+            } else {
+                "not connected"
+            }
+        )
+    }
+
+    fn problem(&self) -> Option<String> {
+        (!self.connected.load(Ordering::Relaxed)).then(|| {
+            format!(
+                "kubernetes API {} not answering: replaying to the endpoints last known",
+                self.list_url
+            )
+        })
+    }
+
+    fn services(&self) -> Vec<(String, Arc<[Downstream]>)> {
+        let mut all: Vec<_> = self
+            .cache
+            .read()
+            .expect("cache lock")
+            .iter()
+            .map(|(n, e)| (n.clone(), e.clone()))
+            .collect();
+        all.sort_by(|a, b| a.0.cmp(&b.0));
+        all
+    }
+}
+
 /// How long an endpoint that refused a connection is passed over.
 const SKIP_FOR: Duration = Duration::from_secs(5);
 
@@ -416,6 +624,39 @@ mod tests {
         );
         assert_eq!(show(instance("i3", b"garbage")), None);
         assert_eq!(show(instance("i4", br#"{"host": "h"}"#)), None);
+    }
+
+    #[test]
+    fn endpoint_slices_give_ready_endpoints_by_service() {
+        let list = serde_json::json!({"kind": "EndpointSliceList", "items": [
+            {"metadata": {"labels": {"kubernetes.io/service-name": "orders"}},
+             "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
+             "endpoints": [
+                {"addresses": ["10.0.0.5"], "conditions": {"ready": true}},
+                {"addresses": ["10.0.0.6"], "conditions": {"ready": false}},
+                {"addresses": ["10.0.0.7"]}]},
+            {"metadata": {"labels": {"kubernetes.io/service-name": "orders"}},
+             "ports": [{"name": "http", "port": 8080}],
+             "endpoints": [{"addresses": ["fd00::1"], "conditions": {"ready": true}}]},
+            {"metadata": {"labels": {"kubernetes.io/service-name": "billing"}},
+             "ports": [{"name": "https", "port": 8443}],
+             "endpoints": [{"addresses": ["10.0.1.1"], "conditions": {"ready": true}}]},
+            {"metadata": {"labels": {}}, "ports": [{"port": 1}], "endpoints": []}
+        ]});
+        let services = services_of(&list);
+        let show = |name: &str| -> Vec<String> {
+            services[name].iter().map(|e| e.uri.to_string()).collect()
+        };
+        assert_eq!(
+            show("orders"),
+            [
+                "http://10.0.0.5:8080/",
+                "http://10.0.0.7:8080/",
+                "http://[fd00::1]:8080/"
+            ]
+        );
+        assert_eq!(show("billing"), ["https://10.0.1.1:8443/"]);
+        assert_eq!(services.len(), 2);
     }
 
     #[test]

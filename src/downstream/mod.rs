@@ -9,6 +9,8 @@ pub mod peer;
 pub mod tcp;
 
 pub use client::{pooled_client, root_cause, Connector};
-pub use discovery::{Discovery, Endpoints, StaticDiscovery, ZooKeeperDiscovery};
+pub use discovery::{
+    Discovery, Endpoints, KubernetesDiscovery, StaticDiscovery, ZooKeeperDiscovery,
+};
 pub use peer::http_peer;
 pub use tcp::TcpTarget;

@@ -12,7 +12,9 @@ use tracing::{info, warn};
 use super::fabric::Fabric;
 use crate::api::PlaybackApi;
 use crate::config::{Config, DiscoveryProvider, Mode};
-use crate::downstream::{Endpoints, StaticDiscovery, TcpTarget, ZooKeeperDiscovery};
+use crate::downstream::{
+    Endpoints, KubernetesDiscovery, StaticDiscovery, TcpTarget, ZooKeeperDiscovery,
+};
 use crate::playback::{Comparator, PlaybackStats, Replayer, RetryPolicy, SyncLink, SyncRunner};
 use crate::store::Store;
 use crate::sync::client::PeerClient;
@@ -52,7 +54,7 @@ pub(super) async fn start(
     .with_tcp_pacing(config.playback.tcp_pacing)
     .with_retry_statuses(config.playback.retry_statuses.clone())
     .with_comparator(comparator);
-    let replayer = Arc::new(match discovery(config, shutdown, tasks) {
+    let replayer = Arc::new(match discovery(config, tls, shutdown, tasks) {
         Some(endpoints) => replayer.with_discovery(endpoints),
         None => replayer,
     });
@@ -114,9 +116,10 @@ pub(super) async fn start(
 }
 
 /// The endpoints of the services records name, from `service_discovery`
-/// (static or ZooKeeper; Kubernetes is not built yet and says so).
+/// (static, ZooKeeper or Kubernetes).
 fn discovery(
     config: &Config,
+    tls: &crate::tls::Setup,
     shutdown: &CancellationToken,
     tasks: &mut Vec<JoinHandle<()>>,
 ) -> Option<Arc<Endpoints>> {
@@ -144,8 +147,21 @@ fn discovery(
             Some(Arc::new(endpoints))
         }
         DiscoveryProvider::Kubernetes => {
-            warn!("the kubernetes service discovery provider is not built yet; records are replayed to http.downstream");
-            None
+            // The config checked that the section is there.
+            let k8s = section.config.kubernetes.as_ref()?;
+            match KubernetesDiscovery::new(k8s, tls.client.clone()) {
+                Ok(discovery) => {
+                    let discovery = Arc::new(discovery);
+                    tasks.push(tokio::spawn(discovery.clone().run(shutdown.clone())));
+                    let endpoints = Endpoints::new(discovery);
+                    info!(discovery = %endpoints.describe(), "replaying to the services records name");
+                    Some(Arc::new(endpoints))
+                }
+                Err(e) => {
+                    warn!(error = %e, "kubernetes service discovery not used; records are replayed to http.downstream");
+                    None
+                }
+            }
         }
     }
 }

@@ -255,3 +255,188 @@ async fn discovery_test_zookeeper_registrations_move_the_replays_without_a_resta
     playback.stop().await;
     record.stop().await;
 }
+
+/// A stand-in for the Kubernetes API server (none can run here): it answers
+/// `GET …/namespaces/<ns>/endpointslices` with the EndpointSliceList the test
+/// sets, in the real JSON shape, and keeps the bearer tokens it saw.
+struct FakeKubeApi {
+    addr: std::net::SocketAddr,
+    list: std::sync::Arc<std::sync::Mutex<serde_json::Value>>,
+    tokens: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl FakeKubeApi {
+    async fn start() -> FakeKubeApi {
+        use hyper::service::service_fn;
+        use hyper_util::rt::{TokioExecutor, TokioIo};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let list = std::sync::Arc::new(std::sync::Mutex::new(
+            json!({"kind": "EndpointSliceList", "apiVersion": "discovery.k8s.io/v1", "items": []}),
+        ));
+        let tokens: std::sync::Arc<std::sync::Mutex<Vec<String>>> = Default::default();
+        let (l, t) = (list.clone(), tokens.clone());
+        let task = tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let (l, t) = (l.clone(), t.clone());
+                tokio::spawn(async move {
+                    let service = service_fn(move |req: Request<hyper::body::Incoming>| {
+                        let (l, t) = (l.clone(), t.clone());
+                        async move {
+                            if let Some(auth) = req.headers().get("authorization") {
+                                t.lock().unwrap().push(auth.to_str().unwrap().to_string());
+                            }
+                            let found = req.uri().path()
+                                == "/apis/discovery.k8s.io/v1/namespaces/zone-b/endpointslices";
+                            let (status, body) = if found {
+                                (200, l.lock().unwrap().to_string())
+                            } else {
+                                (404, json!({"kind": "Status", "code": 404}).to_string())
+                            };
+                            let mut response = http::Response::new(Full::new(Bytes::from(body)));
+                            *response.status_mut() = http::StatusCode::from_u16(status).unwrap();
+                            Ok::<_, std::convert::Infallible>(response)
+                        }
+                    });
+                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        FakeKubeApi {
+            addr,
+            list,
+            tokens,
+            task,
+        }
+    }
+
+    /// One EndpointSlice for `service` with these (address, ready) endpoints.
+    fn set(&self, service: &str, port: u16, endpoints: &[(&str, bool)]) {
+        let endpoints: Vec<_> = endpoints
+            .iter()
+            .map(|(address, ready)| json!({"addresses": [address], "conditions": {"ready": ready}}))
+            .collect();
+        self.list.lock().unwrap()["items"] = json!([{
+            "kind": "EndpointSlice",
+            "metadata": {"name": format!("{service}-abc12"), "namespace": "zone-b",
+                         "labels": {"kubernetes.io/service-name": service}},
+            "addressType": "IPv4",
+            "ports": [{"name": "http", "port": port, "protocol": "TCP"}],
+            "endpoints": endpoints,
+        }]);
+    }
+}
+
+impl Drop for FakeKubeApi {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Kubernetes (against a fake API server): the ready endpoints of a
+/// service's EndpointSlices are replayed to; a slice update moves the
+/// replays without a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn discovery_test_kubernetes_endpoint_slices_move_the_replays() {
+    // Two zone-B instances of `orders` on one port: 127.0.0.2 and .3.
+    let port = support::free_port();
+    let listen = |ip: &str| {
+        format!("{ip}:{port}")
+            .parse::<std::net::SocketAddr>()
+            .unwrap()
+    };
+    let first = FakeDownstream::start_on(listen("127.0.0.2")).await;
+    let second = FakeDownstream::start_on(listen("127.0.0.3")).await;
+    let (zone_a, own) = (FakeDownstream::start().await, FakeDownstream::start().await);
+    let api = FakeKubeApi::start().await;
+    api.set("orders", port, &[("127.0.0.2", true), ("127.0.0.3", false)]);
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("token");
+    std::fs::write(&token, "s3cret-token\n").unwrap();
+
+    let record = support::start_node(support::record_config(
+        &zone_a.url(),
+        1,
+        &StoreChoice::Embedded(dir.path().join("a")),
+    ))
+    .await;
+    let mut config = support::playback_config(
+        &own.url(),
+        1,
+        record.api_addr,
+        &StoreChoice::Embedded(dir.path().join("b")),
+    );
+    config["service_discovery"] = json!({
+        "provider": "kubernetes",
+        "config": {"kubernetes": {"namespace": "zone-b",
+                                   "service_account_token": token.display().to_string(),
+                                   "api_server": format!("http://{}", api.addr)}},
+    });
+    let playback = support::start_node(config).await;
+    eventually(
+        "the playback node lists the slices",
+        Duration::from_secs(20),
+        || async {
+            let (_, status) = get_json(&format!("http://{}/api/status", playback.api_addr)).await;
+            (status["playback"]["discovery"]["services"][0]["name"] == "orders").then_some(())
+        },
+    )
+    .await;
+    assert!(api
+        .tokens
+        .lock()
+        .unwrap()
+        .iter()
+        .all(|t| t == "Bearer s3cret-token"));
+
+    let mut conn =
+        ClientConn::connect("127.0.0.1".parse().unwrap(), record.http_addr.unwrap()).await;
+    let send = |tag: &'static str, n: usize| {
+        (0..n).map(move |i| {
+            Request::post(format!("/{tag}/{i}"))
+                .header("host", "orders")
+                .body(Full::new(Bytes::from("x")))
+                .unwrap()
+        })
+    };
+    for req in send("ready", 3) {
+        conn.send(req).await;
+    }
+    eventually(
+        "replayed to the ready endpoint only",
+        Duration::from_secs(20),
+        || async { (first.count() == 3).then_some(()) },
+    )
+    .await;
+    assert_eq!(second.count(), 0, "a not-ready endpoint gets nothing");
+
+    // The slice changes: the other endpoint is the ready one now.
+    api.set("orders", port, &[("127.0.0.2", false), ("127.0.0.3", true)]);
+    eventually(
+        "the playback node sees the update",
+        Duration::from_secs(10),
+        || async {
+            let (_, status) = get_json(&format!("http://{}/api/status", playback.api_addr)).await;
+            let endpoints = &status["playback"]["discovery"]["services"][0]["endpoints"];
+            (endpoints == &json!([format!("127.0.0.3:{port}")])).then_some(())
+        },
+    )
+    .await;
+    for req in send("moved", 3) {
+        conn.send(req).await;
+    }
+    eventually(
+        "replayed to the new endpoint",
+        Duration::from_secs(20),
+        || async { (second.count() == 3).then_some(()) },
+    )
+    .await;
+    assert_eq!(first.count(), 3);
+    assert_eq!(own.count(), 0);
+
+    playback.stop().await;
+    record.stop().await;
+}
