@@ -342,11 +342,17 @@ impl Config {
             ));
         }
         if self.mode == Mode::Playback && self.sync.enabled {
-            if self.sync.peer.is_none() && !self.mqtt_enabled() {
+            let found_in_zookeeper = self
+                .service_discovery
+                .as_ref()
+                .is_some_and(|sd| sd.provider == DiscoveryProvider::Zookeeper);
+            if self.sync.peer.is_none() && !self.mqtt_enabled() && !found_in_zookeeper {
                 return Err(invalid(
                     "sync.peer",
                     "a Playback node with sync.enabled needs the Record node's api address, \
-                     e.g. {\"host\": \"127.0.0.1\", \"port\": 8084}, or an mqtt section"
+                     e.g. {\"host\": \"127.0.0.1\", \"port\": 8084}, an mqtt section, or \
+                     service_discovery with provider zookeeper (static and kubernetes cannot \
+                     find the Record node)"
                         .into(),
                 ));
             }

@@ -29,6 +29,22 @@ pub trait Discovery: Send + Sync {
     }
 }
 
+/// Where a Record node's sync API is, as a provider found it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerAddr {
+    pub tls: bool,
+    /// `host:port`.
+    pub addr: String,
+}
+
+/// A provider that also finds the Record node (`sync.peer` null).
+pub trait PeerSource: Send + Sync {
+    fn peer(&self) -> Option<PeerAddr>;
+}
+
+/// Where Record nodes register their sync API, under a discovery base path.
+pub const RECORD_REGISTRY: &str = "_qproxy/record";
+
 /// `provider: "static"`: the `static_services` of the config.
 pub struct StaticDiscovery {
     services: HashMap<String, Arc<[Downstream]>>,
@@ -84,6 +100,8 @@ pub struct ZooKeeperDiscovery {
     base_path: String,
     cache: std::sync::RwLock<HashMap<String, Arc<[Downstream]>>>,
     connected: std::sync::atomic::AtomicBool,
+    /// The Record node registered under `<base_path>/_qproxy/record`.
+    record_peer: std::sync::RwLock<Option<PeerAddr>>,
 }
 
 /// How often the ZooKeeper registrations are read again.
@@ -96,7 +114,39 @@ impl ZooKeeperDiscovery {
             base_path: base_path.trim_end_matches('/').to_string(),
             cache: std::sync::RwLock::new(HashMap::new()),
             connected: std::sync::atomic::AtomicBool::new(false),
+            record_peer: std::sync::RwLock::new(None),
         }
+    }
+
+    /// The first Record node registered (by name), if any.
+    async fn read_record_peer(
+        &self,
+        client: &zookeeper_client::Client,
+    ) -> Result<Option<PeerAddr>, zookeeper_client::Error> {
+        let path = format!("{}/{RECORD_REGISTRY}", self.base_path);
+        let mut nodes = match client.list_children(&path).await {
+            Ok(nodes) => nodes,
+            Err(zookeeper_client::Error::NoNode) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        nodes.sort();
+        for node in nodes {
+            let data = match client.get_data(&format!("{path}/{node}")).await {
+                Ok((data, _)) => data,
+                Err(zookeeper_client::Error::NoNode) => continue,
+                Err(e) => return Err(e),
+            };
+            let Ok(value) = serde_json::from_slice::<serde_json::Value>(&data) else {
+                continue;
+            };
+            if let (Some(host), Some(port)) = (value["host"].as_str(), value["port"].as_u64()) {
+                return Ok(Some(PeerAddr {
+                    tls: value["tls"].as_bool().unwrap_or(false),
+                    addr: format!("{host}:{port}"),
+                }));
+            }
+        }
+        Ok(None)
     }
 
     /// Keeps the cache current until `shutdown`: connects (again after a
@@ -117,6 +167,18 @@ impl ZooKeeperDiscovery {
                     logged_down = false;
                     self.connected.store(true, Ordering::Relaxed);
                     loop {
+                        match self.read_record_peer(&client).await {
+                            Ok(peer) => {
+                                let mut known = self.record_peer.write().expect("peer lock");
+                                if *known != peer {
+                                    tracing::info!(peer = ?peer, "record node found in zookeeper");
+                                    *known = peer;
+                                }
+                            }
+                            Err(e) => {
+                                tracing::debug!(error = %e, "reading the record node's registration failed");
+                            }
+                        }
                         match self.read_all(&client).await {
                             Ok(services) => {
                                 let mut cache = self.cache.write().expect("cache lock");
@@ -218,6 +280,12 @@ fn instance(name: &str, data: &[u8]) -> Option<Downstream> {
             let port = value.get("port")?.as_u64()?;
             Downstream::endpoint(&format!("{host}:{port}")).ok()
         }
+    }
+}
+
+impl PeerSource for ZooKeeperDiscovery {
+    fn peer(&self) -> Option<PeerAddr> {
+        self.record_peer.read().expect("peer lock").clone()
     }
 }
 

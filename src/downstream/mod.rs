@@ -10,7 +10,8 @@ pub mod tcp;
 
 pub use client::{pooled_client, root_cause, Connector};
 pub use discovery::{
-    Discovery, Endpoints, KubernetesDiscovery, StaticDiscovery, ZooKeeperDiscovery,
+    Discovery, Endpoints, KubernetesDiscovery, PeerAddr, PeerSource, StaticDiscovery,
+    ZooKeeperDiscovery, RECORD_REGISTRY,
 };
 pub use peer::http_peer;
 pub use tcp::TcpTarget;

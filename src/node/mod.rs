@@ -212,8 +212,16 @@ async fn run(
         &shutdown,
         &mut tasks,
     );
-    let mut record =
-        RecordSide::start(&config, &store, &fabric, spool, &shutdown, &mut tasks).await;
+    let mut record = RecordSide::start(
+        &config,
+        api.local_addr(),
+        &store,
+        &fabric,
+        spool,
+        &shutdown,
+        &mut tasks,
+    )
+    .await;
     let playback = playback_side::start(
         &config,
         &store,

@@ -13,7 +13,7 @@ use super::fabric::Fabric;
 use crate::api::PlaybackApi;
 use crate::config::{Config, DiscoveryProvider, Mode};
 use crate::downstream::{
-    Endpoints, KubernetesDiscovery, StaticDiscovery, TcpTarget, ZooKeeperDiscovery,
+    Endpoints, KubernetesDiscovery, PeerSource, StaticDiscovery, TcpTarget, ZooKeeperDiscovery,
 };
 use crate::playback::{Comparator, PlaybackStats, Replayer, RetryPolicy, SyncLink, SyncRunner};
 use crate::store::Store;
@@ -54,7 +54,9 @@ pub(super) async fn start(
     .with_tcp_pacing(config.playback.tcp_pacing)
     .with_retry_statuses(config.playback.retry_statuses.clone())
     .with_comparator(comparator);
-    let replayer = Arc::new(match discovery(config, tls, shutdown, tasks) {
+    let (endpoints, peer_source) = discovery(config, tls, shutdown, tasks);
+    let discovered_peer = config.sync.peer.is_none() && peer_source.is_some();
+    let replayer = Arc::new(match endpoints {
         Some(endpoints) => replayer.with_discovery(endpoints),
         None => replayer,
     });
@@ -86,7 +88,14 @@ pub(super) async fn start(
         };
         let runner = Arc::new(SyncRunner {
             link: SyncLink {
-                http: peer.map(|p| PeerClient::new(p, tls.client.clone())),
+                http: match (peer, peer_source) {
+                    (Some(p), _) => Some(PeerClient::new(p, tls.client.clone())),
+                    // No sync.peer: the Record node registered in ZooKeeper.
+                    (None, Some(source)) => {
+                        Some(PeerClient::discovered(source, tls.client.clone()))
+                    }
+                    (None, None) => None,
+                },
                 mqtt: mqtt_link,
             },
             wake,
@@ -106,7 +115,11 @@ pub(super) async fn start(
         replayer,
         stats,
         peer_id: config.sync.peer_id.clone(),
-        peer_addr: peer.map(|p| format!("{}:{}", p.host, p.port)),
+        peer_addr: match peer {
+            Some(p) => Some(format!("{}:{}", p.host, p.port)),
+            None if discovered_peer => Some("found in zookeeper".into()),
+            None => None,
+        },
         results_kept: config.playback.results_retention_len,
         parked_down_threshold: config.playback.parked_down_threshold,
         redrive: tokio::sync::Mutex::new(()),
@@ -122,44 +135,50 @@ fn discovery(
     tls: &crate::tls::Setup,
     shutdown: &CancellationToken,
     tasks: &mut Vec<JoinHandle<()>>,
-) -> Option<Arc<Endpoints>> {
-    let section = config.service_discovery.as_ref()?;
+) -> (Option<Arc<Endpoints>>, Option<Arc<dyn PeerSource>>) {
+    let Some(section) = config.service_discovery.as_ref() else {
+        return (None, None);
+    };
     match section.provider {
         DiscoveryProvider::Static => match StaticDiscovery::new(&section.config) {
             Ok(found) => {
                 let endpoints = Endpoints::new(Arc::new(found));
                 info!(discovery = %endpoints.describe(), "replaying to the services records name");
-                Some(Arc::new(endpoints))
+                (Some(Arc::new(endpoints)), None)
             }
             // The config checked every endpoint already.
             Err(e) => {
                 warn!(error = %e, "service discovery not used");
-                None
+                (None, None)
             }
         },
         DiscoveryProvider::Zookeeper => {
             // The config checked that the section is there.
-            let zk = section.config.zookeeper.as_ref()?;
+            let Some(zk) = section.config.zookeeper.as_ref() else {
+                return (None, None);
+            };
             let discovery = Arc::new(ZooKeeperDiscovery::new(&zk.address, &zk.base_path));
             tasks.push(tokio::spawn(discovery.clone().run(shutdown.clone())));
-            let endpoints = Endpoints::new(discovery);
+            let endpoints = Endpoints::new(discovery.clone());
             info!(discovery = %endpoints.describe(), "replaying to the services records name");
-            Some(Arc::new(endpoints))
+            (Some(Arc::new(endpoints)), Some(discovery))
         }
         DiscoveryProvider::Kubernetes => {
             // The config checked that the section is there.
-            let k8s = section.config.kubernetes.as_ref()?;
+            let Some(k8s) = section.config.kubernetes.as_ref() else {
+                return (None, None);
+            };
             match KubernetesDiscovery::new(k8s, tls.client.clone()) {
                 Ok(discovery) => {
                     let discovery = Arc::new(discovery);
                     tasks.push(tokio::spawn(discovery.clone().run(shutdown.clone())));
                     let endpoints = Endpoints::new(discovery);
                     info!(discovery = %endpoints.describe(), "replaying to the services records name");
-                    Some(Arc::new(endpoints))
+                    (Some(Arc::new(endpoints)), None)
                 }
                 Err(e) => {
                     warn!(error = %e, "kubernetes service discovery not used; records are replayed to http.downstream");
-                    None
+                    (None, None)
                 }
             }
         }

@@ -4,12 +4,14 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use serde_json::json;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use super::fabric::Fabric;
-use crate::config::{Config, Mode};
+use crate::config::{Config, DiscoveryProvider, Mode, ZookeeperSettings};
+use crate::downstream::RECORD_REGISTRY;
 use crate::record::recorder::{Recorder, RecorderStats};
 use crate::record::signal::ShardSignal;
 use crate::record::spool::{DiskSpool, Recovered};
@@ -36,6 +38,7 @@ pub(super) struct RecordSide {
 impl RecordSide {
     pub async fn start(
         config: &Config,
+        api: std::net::SocketAddr,
         store: &Arc<dyn Store>,
         fabric: &Fabric,
         spool: Option<(DiskSpool, Recovered)>,
@@ -71,6 +74,19 @@ impl RecordSide {
                 Ok(handles) => tasks.extend(handles),
                 Err(e) => warn!(error = %e, "mqtt record side not started; HTTP sync still works"),
             }
+        }
+        if let Some(zk) = config
+            .service_discovery
+            .as_ref()
+            .filter(|sd| sd.provider == DiscoveryProvider::Zookeeper)
+            .and_then(|sd| sd.config.zookeeper.clone())
+        {
+            let registration = json!({
+                "host": config.api.host,
+                "port": api.port(),
+                "tls": config.api.tls,
+            });
+            tasks.push(tokio::spawn(register(zk, registration, shutdown.clone())));
         }
         let mut side = RecordSide {
             ledger: Some(ledger),
@@ -114,4 +130,91 @@ fn spawn_retention(
             }
         }
     })
+}
+
+/// Registers this Record node's sync API in ZooKeeper as an ephemeral node
+/// `<base_path>/_qproxy/record/<host>:<port>` (data `{"host","port","tls"}`),
+/// so Playback nodes without `sync.peer` find it; registers again after a
+/// lost session, until `shutdown`.
+async fn register(zk: ZookeeperSettings, data: serde_json::Value, shutdown: CancellationToken) {
+    let base = zk.base_path.trim_end_matches('/');
+    let dir = format!("{base}/{RECORD_REGISTRY}");
+    let node = format!(
+        "{dir}/{}:{}",
+        data["host"].as_str().unwrap_or(""),
+        data["port"]
+    );
+    let bytes = data.to_string().into_bytes();
+    let mut logged = false;
+    loop {
+        let connected = tokio::select! {
+            c = zookeeper_client::Client::connector()
+                .with_session_timeout(Duration::from_secs(10))
+                .with_connection_timeout(Duration::from_secs(2))
+                .connect(&zk.address) => c,
+            _ = shutdown.cancelled() => return,
+        };
+        match connected {
+            Ok(client) => match register_once(&client, &dir, &node, &bytes).await {
+                Ok(()) => {
+                    info!(node = %node, "record node registered in zookeeper");
+                    logged = false;
+                    let mut state = client.state_watcher();
+                    loop {
+                        tokio::select! {
+                            s = state.changed() => if s.is_terminated() { break },
+                            _ = shutdown.cancelled() => return,
+                        }
+                    }
+                    warn!(node = %node, "zookeeper session lost; registering again");
+                }
+                Err(e) => {
+                    if !logged {
+                        warn!(node = %node, error = %e, "cannot register in zookeeper; trying again");
+                        logged = true;
+                    }
+                }
+            },
+            Err(e) => {
+                if !logged {
+                    warn!(address = %zk.address, error = %e, "zookeeper unreachable; registering when it is back");
+                    logged = true;
+                }
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = shutdown.cancelled() => return,
+        }
+    }
+}
+
+async fn register_once(
+    client: &zookeeper_client::Client,
+    dir: &str,
+    node: &str,
+    data: &[u8],
+) -> Result<(), zookeeper_client::Error> {
+    let persistent =
+        zookeeper_client::CreateMode::Persistent.with_acls(zookeeper_client::Acls::anyone_all());
+    let mut at = String::new();
+    for part in dir.trim_start_matches('/').split('/') {
+        at.push('/');
+        at.push_str(part);
+        match client.create(&at, b"", &persistent).await {
+            Ok(_) | Err(zookeeper_client::Error::NodeExists) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    let ephemeral =
+        zookeeper_client::CreateMode::Ephemeral.with_acls(zookeeper_client::Acls::anyone_all());
+    match client.create(node, data, &ephemeral).await {
+        Ok(_) => Ok(()),
+        // Left by a session of ours that has not expired yet.
+        Err(zookeeper_client::Error::NodeExists) => {
+            client.delete(node, None).await?;
+            client.create(node, data, &ephemeral).await.map(|_| ())
+        }
+        Err(e) => Err(e),
+    }
 }

@@ -11,6 +11,7 @@ use hyper_util::client::legacy::Client;
 
 use super::{Checkpoint, CommitRequest, SyncBatch};
 use crate::config::PeerConfig;
+use crate::downstream::PeerSource;
 use crate::record::RecordId;
 
 #[derive(Debug, thiserror::Error)]
@@ -33,6 +34,9 @@ pub struct PeerClient {
     client: Client<crate::downstream::Connector, Full<Bytes>>,
     scheme: &'static str,
     addr: String,
+    /// When set, the peer is wherever this says now (a Record node found
+    /// through service discovery); `scheme` and `addr` are not used.
+    source: Option<Arc<dyn PeerSource>>,
     auth: Option<String>,
     timeout: Duration,
 }
@@ -44,13 +48,44 @@ impl PeerClient {
             client: crate::downstream::pooled_client(tls),
             scheme: if peer.tls { "https" } else { "http" },
             addr: format!("{}:{}", peer.host, peer.port),
+            source: None,
             auth: peer.auth_token.as_ref().map(|t| format!("Bearer {t}")),
             timeout: Duration::from_millis(peer.timeout_ms.max(1)),
         }
     }
 
-    pub fn addr(&self) -> &str {
-        &self.addr
+    /// A client of the Record node `source` finds (registered in
+    /// ZooKeeper), followed when it moves; no bearer token.
+    pub fn discovered(source: Arc<dyn PeerSource>, tls: Arc<rustls::ClientConfig>) -> PeerClient {
+        PeerClient {
+            client: crate::downstream::pooled_client(tls),
+            scheme: "http",
+            addr: "the record node registered in zookeeper".into(),
+            source: Some(source),
+            auth: None,
+            timeout: Duration::from_secs(10),
+        }
+    }
+
+    pub fn addr(&self) -> String {
+        match &self.source {
+            Some(source) => source.peer().map_or_else(|| self.addr.clone(), |p| p.addr),
+            None => self.addr.clone(),
+        }
+    }
+
+    /// The scheme and `host:port` to call now.
+    fn target(&self) -> Result<(&'static str, String), PeerError> {
+        match &self.source {
+            None => Ok((self.scheme, self.addr.clone())),
+            Some(source) => match source.peer() {
+                Some(peer) => Ok((if peer.tls { "https" } else { "http" }, peer.addr)),
+                None => Err(PeerError::Unreachable {
+                    addr: self.addr.clone(),
+                    reason: "no record node registered yet".into(),
+                }),
+            },
+        }
     }
 
     /// Records of `shard` after `after` (or, without it, after `peer_id`'s
@@ -74,7 +109,7 @@ impl PeerClient {
         }
         let body = self.call(Method::GET, &path, Bytes::new()).await?;
         rmp_serde::from_slice(&body).map_err(|e| PeerError::Decode {
-            addr: self.addr.clone(),
+            addr: self.addr(),
             reason: e.to_string(),
         })
     }
@@ -85,15 +120,16 @@ impl PeerClient {
             .call(Method::POST, "/commit", Bytes::from(json))
             .await?;
         serde_json::from_slice(&body).map_err(|e| PeerError::Decode {
-            addr: self.addr.clone(),
+            addr: self.addr(),
             reason: e.to_string(),
         })
     }
 
     async fn call(&self, method: Method, path: &str, body: Bytes) -> Result<Bytes, PeerError> {
+        let (scheme, addr) = self.target()?;
         let mut req = Request::builder()
             .method(method)
-            .uri(format!("{}://{}{}", self.scheme, self.addr, path))
+            .uri(format!("{scheme}://{addr}{path}"))
             .header(header::ACCEPT, "application/msgpack")
             .header(header::CONTENT_TYPE, "application/json");
         if let Some(auth) = &self.auth {
@@ -106,7 +142,7 @@ impl PeerClient {
                 .request(req)
                 .await
                 .map_err(|e| PeerError::Unreachable {
-                    addr: self.addr.clone(),
+                    addr: addr.clone(),
                     reason: crate::downstream::root_cause(&e),
                 })?;
             let status = response.status();
@@ -115,13 +151,13 @@ impl PeerClient {
                 .collect()
                 .await
                 .map_err(|e| PeerError::Unreachable {
-                    addr: self.addr.clone(),
+                    addr: addr.clone(),
                     reason: e.to_string(),
                 })?
                 .to_bytes();
             if !status.is_success() {
                 return Err(PeerError::Status {
-                    addr: self.addr.clone(),
+                    addr: addr.clone(),
                     status,
                     body: String::from_utf8_lossy(&body[..body.len().min(512)]).into_owned(),
                 });
@@ -131,7 +167,7 @@ impl PeerClient {
         tokio::time::timeout(self.timeout, exchange)
             .await
             .map_err(|_| PeerError::Timeout {
-                addr: self.addr.clone(),
+                addr: addr.clone(),
                 timeout: self.timeout,
             })?
     }

@@ -440,3 +440,52 @@ async fn discovery_test_kubernetes_endpoint_slices_move_the_replays() {
     playback.stop().await;
     record.stop().await;
 }
+
+/// A Playback node without `sync.peer` finds its Record node in ZooKeeper
+/// (registered under `<base_path>/_qproxy/record`) and replays everything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn discovery_test_a_playback_node_finds_its_record_node_in_zookeeper() {
+    let zk = support::ZooKeeperServer::start();
+    let zone_a = FakeDownstream::start().await;
+    let zone_b = FakeDownstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let discovery = json!({
+        "provider": "zookeeper",
+        "config": {"zookeeper": {"address": zk.address(), "base_path": "/qp"}},
+    });
+    let mut record_config = support::record_config(
+        &zone_a.url(),
+        1,
+        &StoreChoice::Embedded(dir.path().join("a")),
+    );
+    record_config["service_discovery"] = discovery.clone();
+    let record = support::start_node(record_config).await;
+    let mut config = support::playback_config(
+        &zone_b.url(),
+        1,
+        record.api_addr,
+        &StoreChoice::Embedded(dir.path().join("b")),
+    );
+    config["sync"]["peer"] = serde_json::Value::Null;
+    config["service_discovery"] = discovery;
+    let playback = support::start_node(config).await;
+
+    support::send_posts(record.http_addr.unwrap(), 5, "found").await;
+    eventually(
+        "replayed through the peer found in zookeeper",
+        Duration::from_secs(30),
+        || async { (zone_b.count() == 5).then_some(()) },
+    )
+    .await;
+    let client = zk.client().await;
+    let registered = client.list_children("/qp/_qproxy/record").await.unwrap();
+    assert_eq!(
+        registered,
+        [format!("127.0.0.1:{}", record.api_addr.port())]
+    );
+    let (_, status) = get_json(&format!("http://{}/api/status", playback.api_addr)).await;
+    assert_eq!(status["playback"]["peer"], "found in zookeeper", "{status}");
+
+    playback.stop().await;
+    record.stop().await;
+}
