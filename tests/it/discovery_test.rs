@@ -252,6 +252,33 @@ async fn discovery_test_zookeeper_registrations_move_the_replays_without_a_resta
     )
     .await;
 
+    // Back (same data): the node reconnects and reads everything again; a
+    // second instance registered now shares the load.
+    zk.restart();
+    let client = zk.client().await;
+    let third = FakeDownstream::start().await;
+    support::zk_register(&client, "/services/orders/i3", data(third.addr).as_bytes()).await;
+    eventually(
+        "two instances known again",
+        Duration::from_secs(30),
+        || async {
+            let (_, status) = get_json(&format!("http://{}/api/status", playback.api_addr)).await;
+            let endpoints = &status["playback"]["discovery"]["services"][0]["endpoints"];
+            (endpoints.as_array().map(Vec::len) == Some(2)).then_some(())
+        },
+    )
+    .await;
+    for req in send("orders", "shared", 6) {
+        conn.send(req).await;
+    }
+    eventually(
+        "shared by both instances",
+        Duration::from_secs(20),
+        || async { (second.count() + third.count() == 11).then_some(()) },
+    )
+    .await;
+    assert_eq!(third.count(), 3, "round robin over two instances");
+
     playback.stop().await;
     record.stop().await;
 }

@@ -64,6 +64,21 @@ impl ZooKeeperServer {
     pub fn stop(&mut self) {
         self.process.stop();
     }
+
+    /// Starts it again on the same port with the same data.
+    pub fn restart(&mut self) {
+        self.process.stop();
+        self.process
+            .spawn("install it with `apt-get install zookeeper`");
+        let until = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(
+                Instant::now() < until,
+                "zookeeper did not listen again within 30 s"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
 }
 
 /// Creates `path` (and its parents) with `data`, as a service would
