@@ -250,3 +250,53 @@ async fn tcp_pacing_recorded_keeps_the_gap_between_client_chunks() {
     playback.stop().await;
     record.stop().await;
 }
+
+/// A TCP session whose listener names its service (`tcp.service`) is
+/// replayed to that service's endpoint when discovery knows it, not to the
+/// Playback node's `tcp.downstream`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tcp_test_sessions_go_to_the_endpoint_of_their_service() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let http = FakeDownstream::start().await;
+    let (zone_a, endpoint, own) = (
+        Arrivals::start().await,
+        Arrivals::start().await,
+        Arrivals::start().await,
+    );
+    let dirs = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let mut record_config =
+        support::record_config(&http.url(), 1, &StoreChoice::Embedded(dirs.0.path().into()));
+    record_config["tcp"] =
+        json!({"port": 0, "downstream": zone_a.addr.to_string(), "service": "ledger"});
+    let record = support::start_node(record_config).await;
+    let mut playback_config = support::playback_config(
+        &http.url(),
+        1,
+        record.api_addr,
+        &StoreChoice::Embedded(dirs.1.path().into()),
+    );
+    playback_config["tcp"] = json!({"port": 0, "downstream": own.addr.to_string()});
+    playback_config["service_discovery"] = json!({"provider": "static", "config": {
+        "static_services": [{"name": "ledger", "endpoints": [endpoint.addr.to_string()]}]}});
+    let playback = support::start_node(playback_config).await;
+
+    let mut client = tokio::net::TcpStream::connect(record.tcp_addr.unwrap())
+        .await
+        .unwrap();
+    client.write_all(b"entry").await.unwrap();
+    client.shutdown().await.unwrap();
+    let mut rest = Vec::new();
+    client.read_to_end(&mut rest).await.unwrap();
+
+    eventually(
+        "the session replayed to the service's endpoint",
+        Duration::from_secs(20),
+        || async {
+            (endpoint.reads().iter().map(|(_, b)| b.len()).sum::<usize>() == 5).then_some(())
+        },
+    )
+    .await;
+    assert!(own.reads().is_empty(), "not to tcp.downstream");
+    playback.stop().await;
+    record.stop().await;
+}

@@ -39,6 +39,8 @@ pub struct Replayer {
     /// Replayed statuses that mean a gateway could not reach the target.
     retry_statuses: Vec<u16>,
     comparator: Comparator,
+    /// For TLS towards a TCP endpoint found by discovery.
+    tls: Arc<rustls::ClientConfig>,
     /// The endpoints of the services records name, when service discovery
     /// is configured; other records go to `target`.
     endpoints: Option<Arc<Endpoints>>,
@@ -78,7 +80,8 @@ impl Replayer {
         tls: Arc<rustls::ClientConfig>,
     ) -> Replayer {
         Replayer {
-            client: crate::downstream::pooled_client(tls),
+            client: crate::downstream::pooled_client(tls.clone()),
+            tls,
             target,
             tcp_target,
             timeout,
@@ -111,6 +114,29 @@ impl Replayer {
             .zip(self.endpoints.as_ref())
             .and_then(|(service, endpoints)| endpoints.pick(service))
             .unwrap_or_else(|| self.target.clone())
+    }
+
+    /// Where a TCP session goes: an endpoint of its service when discovery
+    /// knows it (TLS for an `https://` one), else `tcp.downstream`; the
+    /// endpoint found, to pass it over if it refuses.
+    fn tcp_target(
+        &self,
+        record: &Record,
+    ) -> Result<Option<(TcpTarget, Option<Downstream>)>, String> {
+        let found = record
+            .service
+            .as_deref()
+            .zip(self.endpoints.as_ref())
+            .and_then(|(service, endpoints)| endpoints.pick(service));
+        match found {
+            Some(endpoint) => {
+                let tls = endpoint.is_https().then(|| self.tls.clone());
+                let target = TcpTarget::new(endpoint.authority().as_ref(), tls)
+                    .map_err(|e| e.to_string())?;
+                Ok(Some((target, Some(endpoint))))
+            }
+            None => Ok(self.tcp_target.clone().map(|t| (t, None))),
+        }
     }
 
     /// `target` could not be reached: discovery passes it over for a while.

@@ -36,11 +36,12 @@ impl Replayer {
                 ),
             ));
         }
-        let Some(target) = &self.tcp_target else {
+        let Some((target, endpoint)) = self.tcp_target(record).map_err(Failure::permanent)? else {
             return Err(Failure::permanent(
                 "this Playback node has no tcp.downstream to replay to".into(),
             ));
         };
+        let target = &target;
         // Paced as recorded, a session takes at least as long as it did.
         let timeout = match self.tcp_pacing {
             TcpPacing::Fast => self.timeout,
@@ -56,7 +57,14 @@ impl Replayer {
                     Some(diff) => (Outcome::Mismatched, Some(diff)),
                 },
             ),
-            Ok(Err(e)) => Err(Failure::transient(format!("target {target}: {e}"))),
+            Ok(Err(e)) => {
+                // Not reached at all (rather than broken mid-session).
+                let unreached = !e.starts_with("reading") && !e.starts_with("writing");
+                if let Some(endpoint) = endpoint.as_ref().filter(|_| unreached) {
+                    self.unreachable(endpoint);
+                }
+                Err(Failure::transient(format!("target {target}: {e}")))
+            }
             Err(_) => Err(Failure::transient(format!(
                 "target {target}: session not done within {timeout:?}"
             ))),
