@@ -102,6 +102,8 @@ pub struct ZooKeeperDiscovery {
     connected: std::sync::atomic::AtomicBool,
     /// The Record node registered under `<base_path>/_qproxy/record`.
     record_peer: std::sync::RwLock<Option<PeerAddr>>,
+    /// Instances whose data could not be read, logged and counted once.
+    skipped: Mutex<std::collections::HashSet<String>>,
 }
 
 /// How often the ZooKeeper registrations are read again.
@@ -115,6 +117,7 @@ impl ZooKeeperDiscovery {
             cache: std::sync::RwLock::new(HashMap::new()),
             connected: std::sync::atomic::AtomicBool::new(false),
             record_peer: std::sync::RwLock::new(None),
+            skipped: Mutex::new(std::collections::HashSet::new()),
         }
     }
 
@@ -249,7 +252,16 @@ impl ZooKeeperDiscovery {
                 match instance(&child, &data) {
                     Some(endpoint) => endpoints.push(endpoint),
                     None => {
-                        tracing::debug!(service = %name, instance = %child, "instance data is not {{host, port}}; skipped")
+                        let key = format!("{path}/{child}");
+                        if self
+                            .skipped
+                            .lock()
+                            .expect("skipped lock")
+                            .insert(key.clone())
+                        {
+                            metrics::counter!(crate::metrics::DISCOVERY_ERRORS_TOTAL).increment(1);
+                            tracing::warn!(znode = %key, "instance data is neither {{\"host\", \"port\"}} JSON nor a host:port name; skipped");
+                        }
                     }
                 }
             }

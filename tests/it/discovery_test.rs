@@ -157,6 +157,8 @@ async fn discovery_test_zookeeper_registrations_move_the_replays_without_a_resta
         json!({"host": addr.ip().to_string(), "port": addr.port()}).to_string()
     };
     support::zk_register(&client, "/services/orders/i1", data(first.addr).as_bytes()).await;
+    // An instance whose data QProxy cannot read is skipped, not fatal.
+    support::zk_register(&client, "/services/orders/garbage", b"not json").await;
 
     let dir = tempfile::tempdir().unwrap();
     let record = support::start_node(support::record_config(
