@@ -110,13 +110,7 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     init_tracing(&cli, &config.logging);
-    match qproxy::os::raise_fd_limit() {
-        Ok((before, after)) if after > before => {
-            tracing::info!("raised the open file limit from {before} to {after} (the hard limit)")
-        }
-        Ok((_, limit)) => tracing::debug!(limit, "open file limit"),
-        Err(e) => tracing::warn!("cannot raise the open file limit: {e}"),
-    }
+    raise_fd_limit();
     if cli.verbose {
         tracing::info!(
             "configuration loaded from {}: {}",
@@ -171,12 +165,24 @@ fn main() -> ExitCode {
 /// seconds more to put its spool on disk; past this the process exits.
 const SHUTDOWN_DEADLINE: std::time::Duration = std::time::Duration::from_secs(20);
 
+/// Every connection is a file: the soft limit goes up to the hard one.
+fn raise_fd_limit() {
+    match qproxy::os::raise_fd_limit() {
+        Ok((before, after)) if after > before => {
+            tracing::info!("raised the open file limit from {before} to {after} (the hard limit)")
+        }
+        Ok((_, limit)) => tracing::debug!(limit, "open file limit"),
+        Err(e) => tracing::warn!("cannot raise the open file limit: {e}"),
+    }
+}
+
 fn demo(cli: &Cli, any_ports: bool) -> ExitCode {
     let logging = qproxy::config::LoggingConfig {
         level: Some("warn".into()),
         ..Default::default()
     };
     init_tracing(cli, &logging);
+    raise_fd_limit();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build();

@@ -249,12 +249,17 @@ impl<'de> Deserialize<'de> for Downstream {
     }
 }
 
+/// `http.max_connections` and `tcp.max_connections` by default.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 20_000;
+/// `api.max_connections` by default.
+pub const DEFAULT_API_MAX_CONNECTIONS: usize = 1024;
+
 fn default_max_connections() -> usize {
-    20_000
+    DEFAULT_MAX_CONNECTIONS
 }
 
 fn default_api_max_connections() -> usize {
-    1024
+    DEFAULT_API_MAX_CONNECTIONS
 }
 
 fn default_header_timeout_ms() -> u64 {

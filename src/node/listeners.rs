@@ -6,11 +6,11 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use tracing::warn;
+use tracing::{info, warn};
 
 use super::{NodeError, SHUTDOWN_GRACE};
 use crate::api::{Api, ApiState};
-use crate::config::Config;
+use crate::config::{Config, DEFAULT_API_MAX_CONNECTIONS, DEFAULT_MAX_CONNECTIONS};
 use crate::downstream::TcpTarget;
 use crate::proxy::http::HttpProxy;
 use crate::proxy::tcp::TcpProxy;
@@ -65,7 +65,12 @@ pub(super) fn connection_limits(config: &Config) -> ConnectionLimits {
     ];
     for (key, configured, fitted) in lowered {
         if let (Some(configured), Some(fitted)) = (configured, fitted) {
-            if fitted < configured {
+            let default = configured == DEFAULT_MAX_CONNECTIONS
+                || (key == "api.max_connections" && configured == DEFAULT_API_MAX_CONNECTIONS);
+            if fitted < configured && default {
+                // Not the operator's number: no warning for a fitted default.
+                info!("{key} lowered from the default {configured} to {fitted} to fit the open file limit ({fd_limit})");
+            } else if fitted < configured {
                 warn!("{key} lowered from {configured} to {fitted} to fit the open file limit ({fd_limit}); raise `ulimit -n` for more");
             }
         }
