@@ -344,8 +344,8 @@ impl Discovery for ZooKeeperDiscovery {
 /// `provider: "kubernetes"`: the EndpointSlices of the namespace, grouped by
 /// their `kubernetes.io/service-name` label; ready endpoints only, each
 /// slice's first port (TLS when that port is named `https` or its
-/// `appProtocol` is `https`). Read again every [`K8S_POLL`] (a list, not a
-/// watch: simpler, and current within a second); the last endpoints are
+/// `appProtocol` is `https`). Listed, then watched from the list's
+/// `resourceVersion` (listed again on 410 Gone); the last endpoints are
 /// kept while the API server is away.
 pub struct KubernetesDiscovery {
     list_url: String,
@@ -356,7 +356,7 @@ pub struct KubernetesDiscovery {
     connected: std::sync::atomic::AtomicBool,
 }
 
-/// How often the EndpointSlices are listed again.
+/// How long to wait before listing again after a failure.
 pub const K8S_POLL: Duration = Duration::from_millis(500);
 const IN_CLUSTER_TOKEN: &str = "/var/run/secrets/kubernetes.io/serviceaccount/token";
 
@@ -393,50 +393,80 @@ impl KubernetesDiscovery {
         })
     }
 
-    /// Keeps the cache current until `shutdown`.
+    /// Keeps the cache current until `shutdown`: lists the slices, then
+    /// watches from the list's `resourceVersion` (bookmarks move it on);
+    /// lists again when the watch says 410 Gone or fails.
     pub async fn run(self: Arc<Self>, shutdown: tokio_util::sync::CancellationToken) {
         let mut last_error: Option<String> = None;
         loop {
-            match self.list().await {
-                Ok(services) => {
+            let outcome = match self.list().await {
+                Ok((mut slices, mut version)) => {
                     if last_error.take().is_some() {
                         tracing::info!(url = %self.list_url, "kubernetes API answers again");
                     }
                     self.connected.store(true, Ordering::Relaxed);
-                    let mut cache = self.cache.write().expect("cache lock");
-                    if *cache != services {
-                        metrics::counter!(crate::metrics::DISCOVERY_UPDATES_TOTAL).increment(1);
-                        *cache = services;
+                    self.publish(&slices);
+                    loop {
+                        match self.watch(&mut slices, &mut version, &shutdown).await {
+                            Ok(Watched::Shutdown) => return,
+                            // The server ended the watch (its timeout): go on.
+                            Ok(Watched::Ended) => continue,
+                            Ok(Watched::Gone) => {
+                                tracing::debug!("watch expired (410 Gone); listing again");
+                                break Ok(());
+                            }
+                            Err(e) => break Err(e),
+                        }
                     }
                 }
-                Err(e) => {
-                    metrics::counter!(crate::metrics::DISCOVERY_ERRORS_TOTAL).increment(1);
-                    self.connected.store(false, Ordering::Relaxed);
-                    if last_error.as_deref() != Some(e.as_str()) {
-                        tracing::warn!(url = %self.list_url, error = %e, "cannot list EndpointSlices; keeping the last known endpoints");
-                        last_error = Some(e);
-                    }
+                Err(e) => Err(e),
+            };
+            if let Err(e) = outcome {
+                metrics::counter!(crate::metrics::DISCOVERY_ERRORS_TOTAL).increment(1);
+                self.connected.store(false, Ordering::Relaxed);
+                if last_error.as_deref() != Some(e.as_str()) {
+                    tracing::warn!(url = %self.list_url, error = %e, "cannot list or watch EndpointSlices; keeping the last known endpoints");
+                    last_error = Some(e);
                 }
-            }
-            tokio::select! {
-                _ = tokio::time::sleep(K8S_POLL) => {}
-                _ = shutdown.cancelled() => return,
+                tokio::select! {
+                    _ = tokio::time::sleep(K8S_POLL) => {}
+                    _ = shutdown.cancelled() => return,
+                }
             }
         }
     }
 
-    async fn list(&self) -> Result<HashMap<String, Arc<[Downstream]>>, String> {
-        use http_body_util::BodyExt;
+    /// Makes the endpoints of `slices` the known ones.
+    fn publish(&self, slices: &HashMap<String, serde_json::Value>) {
+        let items: Vec<&serde_json::Value> = slices.values().collect();
+        let services = services_of(&serde_json::json!({ "items": items }));
+        let mut cache = self.cache.write().expect("cache lock");
+        if *cache != services {
+            metrics::counter!(crate::metrics::DISCOVERY_UPDATES_TOTAL).increment(1);
+            *cache = services;
+        }
+    }
+
+    fn request(
+        &self,
+        url: &str,
+    ) -> Result<http::Request<http_body_util::Full<bytes::Bytes>>, String> {
         let token = std::fs::read_to_string(&self.token_file)
             .map_err(|e| format!("token {}: {e}", self.token_file.display()))?;
-        let request = http::Request::get(&self.list_url)
+        http::Request::get(url)
             .header(
                 http::header::AUTHORIZATION,
                 format!("Bearer {}", token.trim()),
             )
             .header(http::header::ACCEPT, "application/json")
             .body(http_body_util::Full::default())
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| e.to_string())
+    }
+
+    /// The slices by name, and the list's `resourceVersion`.
+    async fn list(&self) -> Result<(HashMap<String, serde_json::Value>, String), String> {
+        use http_body_util::BodyExt;
+        let request = self.request(&self.list_url)?;
         let response = tokio::time::timeout(Duration::from_secs(10), self.client.request(request))
             .await
             .map_err(|_| "no answer within 10 s".to_string())?
@@ -456,8 +486,103 @@ impl KubernetesDiscovery {
         }
         let list: serde_json::Value =
             serde_json::from_slice(&body).map_err(|e| format!("not an EndpointSliceList: {e}"))?;
-        Ok(services_of(&list))
+        let version = list["metadata"]["resourceVersion"]
+            .as_str()
+            .unwrap_or("")
+            .to_string();
+        let slices = list["items"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|slice| {
+                let name = slice["metadata"]["name"].as_str()?;
+                Some((name.to_string(), slice.clone()))
+            })
+            .collect();
+        Ok((slices, version))
     }
+
+    /// Applies watch events to `slices` (and publishes) until the stream
+    /// ends, expires, fails, or `shutdown`.
+    async fn watch(
+        &self,
+        slices: &mut HashMap<String, serde_json::Value>,
+        version: &mut String,
+        shutdown: &tokio_util::sync::CancellationToken,
+    ) -> Result<Watched, String> {
+        use http_body_util::BodyExt;
+        let url = format!(
+            "{}?watch=1&allowWatchBookmarks=true&timeoutSeconds=300&resourceVersion={version}",
+            self.list_url
+        );
+        let request = self.request(&url)?;
+        let response = tokio::select! {
+            r = tokio::time::timeout(Duration::from_secs(10), self.client.request(request)) => r
+                .map_err(|_| "no answer to the watch within 10 s".to_string())?
+                .map_err(|e| super::root_cause(&e))?,
+            _ = shutdown.cancelled() => return Ok(Watched::Shutdown),
+        };
+        if response.status() == http::StatusCode::GONE {
+            return Ok(Watched::Gone);
+        }
+        if !response.status().is_success() {
+            return Err(format!("watch: {}", response.status()));
+        }
+        let mut body = response.into_body();
+        let mut pending: Vec<u8> = Vec::new();
+        loop {
+            let frame = tokio::select! {
+                f = body.frame() => f,
+                _ = shutdown.cancelled() => return Ok(Watched::Shutdown),
+            };
+            let Some(frame) = frame else {
+                return Ok(Watched::Ended);
+            };
+            let frame = frame.map_err(|e| format!("watch: {e}"))?;
+            let Some(data) = frame.data_ref() else {
+                continue;
+            };
+            pending.extend_from_slice(data);
+            while let Some(end) = pending.iter().position(|&b| b == b'\n') {
+                let line: Vec<u8> = pending.drain(..=end).collect();
+                if line.iter().all(u8::is_ascii_whitespace) {
+                    continue;
+                }
+                let event: serde_json::Value = serde_json::from_slice(&line)
+                    .map_err(|e| format!("watch event is not JSON: {e}"))?;
+                let object = &event["object"];
+                if let Some(v) = object["metadata"]["resourceVersion"].as_str() {
+                    *version = v.to_string();
+                }
+                let name = object["metadata"]["name"]
+                    .as_str()
+                    .unwrap_or("")
+                    .to_string();
+                match event["type"].as_str() {
+                    Some("ADDED" | "MODIFIED") => {
+                        slices.insert(name, object.clone());
+                        self.publish(slices);
+                    }
+                    Some("DELETED") => {
+                        slices.remove(&name);
+                        self.publish(slices);
+                    }
+                    Some("BOOKMARK") => {}
+                    Some("ERROR") if object["code"] == 410 => return Ok(Watched::Gone),
+                    other => return Err(format!("watch event {other:?}: {object}")),
+                }
+            }
+        }
+    }
+}
+
+/// How a watch ended.
+enum Watched {
+    Shutdown,
+    /// The server closed the stream (its `timeoutSeconds`).
+    Ended,
+    /// 410 Gone: the version is too old; list again.
+    Gone,
 }
 
 /// The ready endpoints of every service in an `EndpointSliceList`.

@@ -285,46 +285,103 @@ async fn discovery_test_zookeeper_registrations_move_the_replays_without_a_resta
     record.stop().await;
 }
 
+/// The fake API server's slices, their version, and the events sent.
+type KubeState = (serde_json::Value, u64, Vec<(u64, String)>);
+
 /// A stand-in for the Kubernetes API server (none can run here): it answers
-/// `GET …/namespaces/<ns>/endpointslices` with the EndpointSliceList the test
-/// sets, in the real JSON shape, and keeps the bearer tokens it saw.
+/// `GET …/namespaces/zone-b/endpointslices` with the EndpointSliceList the
+/// test sets, and `?watch=1` with a stream of watch events (MODIFIED when
+/// the test changes a slice, ERROR 410 when it expires the watch), in the
+/// real JSON shapes; it keeps the bearer tokens it saw and counts lists.
 struct FakeKubeApi {
     addr: std::net::SocketAddr,
-    list: std::sync::Arc<std::sync::Mutex<serde_json::Value>>,
+    /// Items, version, and every event sent (version, line), so a watch
+    /// from an older version gets what it missed, as the real server does.
+    state: std::sync::Arc<std::sync::Mutex<KubeState>>,
+    events: tokio::sync::broadcast::Sender<String>,
     tokens: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    lists: std::sync::Arc<std::sync::atomic::AtomicUsize>,
     task: tokio::task::JoinHandle<()>,
 }
 
 impl FakeKubeApi {
     async fn start() -> FakeKubeApi {
+        use http_body_util::BodyExt;
         use hyper::service::service_fn;
         use hyper_util::rt::{TokioExecutor, TokioIo};
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let list = std::sync::Arc::new(std::sync::Mutex::new(
-            json!({"kind": "EndpointSliceList", "apiVersion": "discovery.k8s.io/v1", "items": []}),
-        ));
+        let state = std::sync::Arc::new(std::sync::Mutex::new((json!([]), 1u64, Vec::new())));
+        let (events, _) = tokio::sync::broadcast::channel::<String>(64);
         let tokens: std::sync::Arc<std::sync::Mutex<Vec<String>>> = Default::default();
-        let (l, t) = (list.clone(), tokens.clone());
+        let lists: std::sync::Arc<std::sync::atomic::AtomicUsize> = Default::default();
+        let (st, ev, tk, ls) = (state.clone(), events.clone(), tokens.clone(), lists.clone());
         let task = tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
-                let (l, t) = (l.clone(), t.clone());
+                let (st, ev, tk, ls) = (st.clone(), ev.clone(), tk.clone(), ls.clone());
                 tokio::spawn(async move {
                     let service = service_fn(move |req: Request<hyper::body::Incoming>| {
-                        let (l, t) = (l.clone(), t.clone());
+                        let (st, ev, tk, ls) = (st.clone(), ev.clone(), tk.clone(), ls.clone());
                         async move {
                             if let Some(auth) = req.headers().get("authorization") {
-                                t.lock().unwrap().push(auth.to_str().unwrap().to_string());
+                                tk.lock().unwrap().push(auth.to_str().unwrap().to_string());
                             }
-                            let found = req.uri().path()
+                            let ours = req.uri().path()
                                 == "/apis/discovery.k8s.io/v1/namespaces/zone-b/endpointslices";
-                            let (status, body) = if found {
-                                (200, l.lock().unwrap().to_string())
+                            let watch = req.uri().query().is_some_and(|q| q.contains("watch=1"));
+                            let body = if !ours {
+                                Full::new(Bytes::from(
+                                    json!({"kind": "Status", "code": 404}).to_string(),
+                                ))
+                                .map_err(|never| match never {})
+                                .boxed()
+                            } else if watch {
+                                let rx = ev.subscribe();
+                                let from: u64 = req
+                                    .uri()
+                                    .query()
+                                    .and_then(|q| {
+                                        q.split('&')
+                                            .find_map(|p| p.strip_prefix("resourceVersion="))
+                                    })
+                                    .and_then(|v| v.parse().ok())
+                                    .unwrap_or(0);
+                                let missed: Vec<_> = st
+                                    .lock()
+                                    .unwrap()
+                                    .2
+                                    .iter()
+                                    .filter(|(v, _)| *v > from)
+                                    .map(|(_, line)| {
+                                        Ok::<_, std::convert::Infallible>(hyper::body::Frame::data(
+                                            Bytes::from(format!("{line}\n")),
+                                        ))
+                                    })
+                                    .collect();
+                                let live = futures_util::stream::unfold(rx, |mut rx| async move {
+                                    let line = rx.recv().await.ok()?;
+                                    let frame = hyper::body::Frame::data(Bytes::from(line + "\n"));
+                                    Some((Ok::<_, std::convert::Infallible>(frame), rx))
+                                });
+                                let lines = futures_util::StreamExt::chain(
+                                    futures_util::stream::iter(missed),
+                                    live,
+                                );
+                                http_body_util::StreamBody::new(lines).boxed()
                             } else {
-                                (404, json!({"kind": "Status", "code": 404}).to_string())
+                                ls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                                let (items, version, _) = st.lock().unwrap().clone();
+                                let list = json!({"kind": "EndpointSliceList", "apiVersion": "discovery.k8s.io/v1",
+                                                  "metadata": {"resourceVersion": version.to_string()},
+                                                  "items": items});
+                                Full::new(Bytes::from(list.to_string()))
+                                    .map_err(|never| match never {})
+                                    .boxed()
                             };
-                            let mut response = http::Response::new(Full::new(Bytes::from(body)));
-                            *response.status_mut() = http::StatusCode::from_u16(status).unwrap();
+                            let mut response = http::Response::new(body);
+                            if !ours {
+                                *response.status_mut() = http::StatusCode::NOT_FOUND;
+                            }
                             Ok::<_, std::convert::Infallible>(response)
                         }
                     });
@@ -336,26 +393,50 @@ impl FakeKubeApi {
         });
         FakeKubeApi {
             addr,
-            list,
+            state,
+            events,
             tokens,
+            lists,
             task,
         }
     }
 
-    /// One EndpointSlice for `service` with these (address, ready) endpoints.
+    /// The one EndpointSlice of `service`, with these (address, ready)
+    /// endpoints; watchers get a MODIFIED event.
     fn set(&self, service: &str, port: u16, endpoints: &[(&str, bool)]) {
         let endpoints: Vec<_> = endpoints
             .iter()
             .map(|(address, ready)| json!({"addresses": [address], "conditions": {"ready": ready}}))
             .collect();
-        self.list.lock().unwrap()["items"] = json!([{
+        let mut state = self.state.lock().unwrap();
+        state.1 += 1;
+        let slice = json!({
             "kind": "EndpointSlice",
             "metadata": {"name": format!("{service}-abc12"), "namespace": "zone-b",
+                         "resourceVersion": state.1.to_string(),
                          "labels": {"kubernetes.io/service-name": service}},
             "addressType": "IPv4",
             "ports": [{"name": "http", "port": port, "protocol": "TCP"}],
             "endpoints": endpoints,
-        }]);
+        });
+        state.0 = json!([slice.clone()]);
+        let line = json!({"type": "MODIFIED", "object": slice}).to_string();
+        let version = state.1;
+        state.2.push((version, line.clone()));
+        let _ = self.events.send(line);
+    }
+
+    /// Tells every watcher its version is gone (410): they list again.
+    fn expire(&self) {
+        let _ = self.events.send(
+            json!({"type": "ERROR", "object": {"kind": "Status", "status": "Failure",
+                   "reason": "Expired", "code": 410}})
+            .to_string(),
+        );
+    }
+
+    fn lists(&self) -> usize {
+        self.lists.load(std::sync::atomic::Ordering::SeqCst)
     }
 }
 
@@ -366,8 +447,8 @@ impl Drop for FakeKubeApi {
 }
 
 /// Kubernetes (against a fake API server): the ready endpoints of a
-/// service's EndpointSlices are replayed to; a slice update moves the
-/// replays without a restart.
+/// service's EndpointSlices are replayed to; a slice update (a watch event)
+/// moves the replays without a restart; an expired watch is listed again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn discovery_test_kubernetes_endpoint_slices_move_the_replays() {
     // Two zone-B instances of `orders` on one port: 127.0.0.2 and .3.
@@ -465,6 +546,27 @@ async fn discovery_test_kubernetes_endpoint_slices_move_the_replays() {
     .await;
     assert_eq!(first.count(), 3);
     assert_eq!(own.count(), 0);
+    // The update came by the watch, not by listing again.
+    assert_eq!(api.lists(), 1, "one list, then the watch");
+
+    // An expired watch (410 Gone) makes the node list again.
+    api.expire();
+    eventually(
+        "listed again after 410",
+        Duration::from_secs(10),
+        || async { (api.lists() >= 2).then_some(()) },
+    )
+    .await;
+    api.set("orders", port, &[("127.0.0.2", true), ("127.0.0.3", false)]);
+    for req in send("again", 2) {
+        conn.send(req).await;
+    }
+    eventually(
+        "replayed after the relist and a new event",
+        Duration::from_secs(20),
+        || async { (first.count() == 5).then_some(()) },
+    )
+    .await;
 
     playback.stop().await;
     record.stop().await;
