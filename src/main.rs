@@ -95,6 +95,13 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let directive = match log_directive(&cli, &config.logging) {
+        Ok(directive) => directive,
+        Err(e) => {
+            eprintln!("qproxy: {e}");
+            return ExitCode::from(2);
+        }
+    };
     if cli.check_config {
         println!(
             "{}: ok ({} node, {} shard(s), store: {})",
@@ -109,7 +116,7 @@ fn main() -> ExitCode {
         );
         return ExitCode::SUCCESS;
     }
-    init_tracing(&cli, &config.logging);
+    init_tracing(&directive, &config.logging);
     raise_fd_limit();
     if cli.verbose {
         tracing::info!(
@@ -181,7 +188,14 @@ fn demo(cli: &Cli, any_ports: bool) -> ExitCode {
         level: Some("warn".into()),
         ..Default::default()
     };
-    init_tracing(cli, &logging);
+    let directive = match log_directive(cli, &logging) {
+        Ok(directive) => directive,
+        Err(e) => {
+            eprintln!("qproxy: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    init_tracing(&directive, &logging);
     raise_fd_limit();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -210,21 +224,46 @@ fn demo(cli: &Cli, any_ports: bool) -> ExitCode {
     })
 }
 
-fn init_tracing(cli: &Cli, logging: &qproxy::config::LoggingConfig) {
-    let directive = cli
-        .log_level
-        .clone()
-        .or_else(|| std::env::var("RUST_LOG").ok().filter(|s| !s.is_empty()))
-        .or_else(|| logging.level.clone())
-        .unwrap_or_else(|| if cli.verbose { "debug" } else { "info" }.to_string());
+/// The log filter: `-l`, else `RUST_LOG`, else `logging.level`, else info
+/// (debug with `-v`). A mistyped level is an error, not a silent filter
+/// that logs nothing (`warning` would name a target, not a level).
+fn log_directive(cli: &Cli, logging: &qproxy::config::LoggingConfig) -> Result<String, String> {
+    let (directive, from) = if let Some(l) = &cli.log_level {
+        (l.clone(), "-l/--log-level")
+    } else if let Some(env) = std::env::var("RUST_LOG").ok().filter(|s| !s.is_empty()) {
+        (env, "RUST_LOG")
+    } else if let Some(level) = &logging.level {
+        (level.clone(), "logging.level")
+    } else {
+        let level = if cli.verbose { "debug" } else { "info" };
+        return Ok(format!("{level},rumqttd=warn"));
+    };
+    const LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
+    let is_level = |s: &str| LEVELS.contains(&s.to_ascii_lowercase().as_str());
+    let valid = !directive.trim().is_empty()
+        && directive
+            .split(',')
+            .all(|part| match part.trim().split_once('=') {
+                Some((target, level)) => !target.is_empty() && is_level(level),
+                None => is_level(part.trim()),
+            });
+    if !valid {
+        return Err(format!(
+            "log level `{directive}` (from {from}) is not valid: use error, warn, info, debug, trace \
+             or off, or target=level pairs such as info,qproxy=debug"
+        ));
+    }
     // rumqttd reports every client connection at info: keep it quieter
     // unless asked for by name.
-    let directive = if directive.contains("rumqttd") {
+    Ok(if directive.contains("rumqttd") {
         directive
     } else {
         format!("{directive},rumqttd=warn")
-    };
-    let filter = EnvFilter::try_new(&directive).unwrap_or_else(|e| {
+    })
+}
+
+fn init_tracing(directive: &str, logging: &qproxy::config::LoggingConfig) {
+    let filter = EnvFilter::try_new(directive).unwrap_or_else(|e| {
         eprintln!("qproxy: log level `{directive}` is not valid ({e}); using info");
         EnvFilter::new("info")
     });

@@ -234,3 +234,35 @@ fn a_random_port_or_a_zero_timeout_stops_the_command() {
         );
     }
 }
+
+/// A mistyped log level stops the node (exit 2) and says what works,
+/// instead of starting a node that logs nothing at all.
+#[test]
+fn config_test_a_bad_log_level_is_an_error_naming_the_accepted_ones() {
+    for level in ["warning", "verbose", "inf", ""] {
+        let out = qproxy(&["-t", "-c", &repo("config/record.json"), "-l", level]);
+        assert_eq!(out.status.code(), Some(2), "-l {level:?}");
+        let said = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            said.contains(&format!(
+                "log level `{level}` (from -l/--log-level) is not valid"
+            )) && said.contains("error, warn, info, debug, trace"),
+            "{said}"
+        );
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_qproxy"))
+        .args(["-t", "-c", &repo("config/record.json")])
+        .env("RUST_LOG", "bogus")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("(from RUST_LOG)"));
+    for level in ["info", "WARN", "info,qproxy=debug", "off"] {
+        let out = qproxy(&["-t", "-c", &repo("config/record.json"), "-l", level]);
+        assert!(
+            out.status.success(),
+            "-l {level}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
