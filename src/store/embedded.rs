@@ -108,13 +108,20 @@ fn open_db(path: &Path) -> Result<Database, String> {
     Ok(db)
 }
 
-fn count_of(txn: &WriteTransaction, kind: u8, shard: u32) -> Result<u64, String> {
-    let counts = txn.open_table(COUNTS).map_err(err)?;
-    let n = counts
+/// A kept count, read from the counts table of any transaction.
+fn count_in(
+    counts: &impl ReadableTable<(u8, u32), u64>,
+    kind: u8,
+    shard: u32,
+) -> Result<u64, String> {
+    Ok(counts
         .get((kind, shard))
         .map_err(err)?
-        .map_or(0, |v| v.value());
-    Ok(n)
+        .map_or(0, |v| v.value()))
+}
+
+fn count_of(txn: &WriteTransaction, kind: u8, shard: u32) -> Result<u64, String> {
+    count_in(&txn.open_table(COUNTS).map_err(err)?, kind, shard)
 }
 
 /// Adds `delta` to a count in the same transaction as the change.
@@ -122,13 +129,11 @@ fn add_count(txn: &WriteTransaction, kind: u8, shard: u32, delta: i64) -> Result
     if delta == 0 {
         return Ok(());
     }
-    let mut counts = txn.open_table(COUNTS).map_err(err)?;
-    let now = counts
-        .get((kind, shard))
+    let next = count_of(txn, kind, shard)?.saturating_add_signed(delta);
+    txn.open_table(COUNTS)
         .map_err(err)?
-        .map_or(0, |v| v.value());
-    let next = now.saturating_add_signed(delta);
-    counts.insert((kind, shard), next).map_err(err)?;
+        .insert((kind, shard), next)
+        .map_err(err)?;
     Ok(())
 }
 
@@ -236,12 +241,7 @@ impl EmbeddedStore {
     async fn counted(&self, kind: u8, shard: u32) -> Result<u64, StoreError> {
         self.blocking(move |_, db| {
             let txn = db.begin_read().map_err(err)?;
-            let counts = txn.open_table(COUNTS).map_err(err)?;
-            let n = counts
-                .get((kind, shard))
-                .map_err(err)?
-                .map_or(0, |v| v.value());
-            Ok(n)
+            count_in(&txn.open_table(COUNTS).map_err(err)?, kind, shard)
         })
         .await
     }
@@ -566,7 +566,8 @@ impl super::Store for EmbeddedStore {
             let txn = db.begin_write().map_err(err)?;
             {
                 let mut table = txn.open_table(REPLAYS).map_err(err)?;
-                let mut count = count_of(&txn, COUNT_REPLAYS, shard)?;
+                let before = count_of(&txn, COUNT_REPLAYS, shard)?;
+                let mut count = before;
                 for result in &results {
                     let old = table
                         .insert(
@@ -591,8 +592,7 @@ impl super::Store for EmbeddedStore {
                         .map_err(err)?;
                     count = keep;
                 }
-                let mut counts = txn.open_table(COUNTS).map_err(err)?;
-                counts.insert((COUNT_REPLAYS, shard), count).map_err(err)?;
+                add_count(&txn, COUNT_REPLAYS, shard, count as i64 - before as i64)?;
                 if !park.is_empty() || !unpark.is_empty() {
                     let mut parked = txn.open_table(PARKED).map_err(err)?;
                     let mut records = txn.open_table(PARKED_RECORDS).map_err(err)?;
@@ -611,13 +611,7 @@ impl super::Store for EmbeddedStore {
                         delta -= i64::from(old.is_some());
                         records.remove(key(shard, *id)).map_err(err)?;
                     }
-                    let now = counts
-                        .get((COUNT_PARKED, shard))
-                        .map_err(err)?
-                        .map_or(0, |v| v.value());
-                    counts
-                        .insert((COUNT_PARKED, shard), now.saturating_add_signed(delta))
-                        .map_err(err)?;
+                    add_count(&txn, COUNT_PARKED, shard, delta)?;
                 }
                 if let Some(upto) = upto {
                     let mut marks = txn.open_table(REPLAYED).map_err(err)?;
