@@ -45,6 +45,64 @@ pub trait PeerSource: Send + Sync {
 /// Where Record nodes register their sync API, under a discovery base path.
 pub const RECORD_REGISTRY: &str = "_qproxy/record";
 
+/// A service map as `/api/status` lists it: by name.
+fn sorted(services: &HashMap<String, Arc<[Downstream]>>) -> Vec<(String, Arc<[Downstream]>)> {
+    let mut all: Vec<_> = services
+        .iter()
+        .map(|(name, endpoints)| (name.clone(), endpoints.clone()))
+        .collect();
+    all.sort_by(|a, b| a.0.cmp(&b.0));
+    all
+}
+
+/// What a provider that keeps reading (ZooKeeper, Kubernetes) knows: the
+/// endpoints it read last, kept while it is out of touch, and whether it
+/// is in touch now.
+#[derive(Default)]
+struct Known {
+    services: std::sync::RwLock<HashMap<String, Arc<[Downstream]>>>,
+    connected: std::sync::atomic::AtomicBool,
+}
+
+impl Known {
+    fn endpoints(&self, service: &str) -> Option<Arc<[Downstream]>> {
+        self.services
+            .read()
+            .expect("known lock")
+            .get(service)
+            .cloned()
+    }
+
+    fn services(&self) -> Vec<(String, Arc<[Downstream]>)> {
+        sorted(&self.services.read().expect("known lock"))
+    }
+
+    /// Makes `services` the known endpoints (counted when they changed).
+    fn update(&self, services: HashMap<String, Arc<[Downstream]>>) {
+        let mut known = self.services.write().expect("known lock");
+        if *known != services {
+            metrics::counter!(crate::metrics::DISCOVERY_UPDATES_TOTAL).increment(1);
+            *known = services;
+        }
+    }
+
+    fn set_connected(&self, connected: bool) {
+        self.connected.store(connected, Ordering::Relaxed);
+    }
+
+    fn connected(&self) -> bool {
+        self.connected.load(Ordering::Relaxed)
+    }
+
+    fn state(&self) -> &'static str {
+        if self.connected() {
+            "connected"
+        } else {
+            "not connected"
+        }
+    }
+}
+
 /// `provider: "static"`: the `static_services` of the config.
 pub struct StaticDiscovery {
     services: HashMap<String, Arc<[Downstream]>>,
@@ -78,13 +136,7 @@ impl Discovery for StaticDiscovery {
     }
 
     fn services(&self) -> Vec<(String, Arc<[Downstream]>)> {
-        let mut all: Vec<_> = self
-            .services
-            .iter()
-            .map(|(name, endpoints)| (name.clone(), endpoints.clone()))
-            .collect();
-        all.sort_by(|a, b| a.0.cmp(&b.0));
-        all
+        sorted(&self.services)
     }
 }
 
@@ -98,8 +150,7 @@ impl Discovery for StaticDiscovery {
 pub struct ZooKeeperDiscovery {
     address: String,
     base_path: String,
-    cache: std::sync::RwLock<HashMap<String, Arc<[Downstream]>>>,
-    connected: std::sync::atomic::AtomicBool,
+    known: Known,
     /// The Record node registered under `<base_path>/_qproxy/record`.
     record_peer: std::sync::RwLock<Option<PeerAddr>>,
     /// Instances whose data could not be read, logged and counted once.
@@ -114,8 +165,7 @@ impl ZooKeeperDiscovery {
         ZooKeeperDiscovery {
             address: address.to_string(),
             base_path: base_path.trim_end_matches('/').to_string(),
-            cache: std::sync::RwLock::new(HashMap::new()),
-            connected: std::sync::atomic::AtomicBool::new(false),
+            known: Known::default(),
             record_peer: std::sync::RwLock::new(None),
             skipped: Mutex::new(std::collections::HashSet::new()),
         }
@@ -168,7 +218,7 @@ impl ZooKeeperDiscovery {
                 Ok(client) => {
                     tracing::info!(address = %self.address, "zookeeper connected; reading services");
                     logged_down = false;
-                    self.connected.store(true, Ordering::Relaxed);
+                    self.known.set_connected(true);
                     loop {
                         match self.read_record_peer(&client).await {
                             Ok(peer) => {
@@ -183,14 +233,7 @@ impl ZooKeeperDiscovery {
                             }
                         }
                         match self.read_all(&client).await {
-                            Ok(services) => {
-                                let mut cache = self.cache.write().expect("cache lock");
-                                if *cache != services {
-                                    metrics::counter!(crate::metrics::DISCOVERY_UPDATES_TOTAL)
-                                        .increment(1);
-                                    *cache = services;
-                                }
-                            }
+                            Ok(services) => self.known.update(services),
                             Err(e) => {
                                 metrics::counter!(crate::metrics::DISCOVERY_ERRORS_TOTAL)
                                     .increment(1);
@@ -203,7 +246,7 @@ impl ZooKeeperDiscovery {
                             _ = shutdown.cancelled() => return,
                         }
                     }
-                    self.connected.store(false, Ordering::Relaxed);
+                    self.known.set_connected(false);
                 }
                 Err(e) => {
                     metrics::counter!(crate::metrics::DISCOVERY_ERRORS_TOTAL).increment(1);
@@ -303,7 +346,7 @@ impl PeerSource for ZooKeeperDiscovery {
 
 impl Discovery for ZooKeeperDiscovery {
     fn endpoints(&self, service: &str) -> Option<Arc<[Downstream]>> {
-        self.cache.read().expect("cache lock").get(service).cloned()
+        self.known.endpoints(service)
     }
 
     fn describe(&self) -> String {
@@ -311,16 +354,12 @@ impl Discovery for ZooKeeperDiscovery {
             "zookeeper {}{} ({})",
             self.address,
             self.base_path,
-            if self.connected.load(Ordering::Relaxed) {
-                "connected"
-            } else {
-                "not connected"
-            }
+            self.known.state()
         )
     }
 
     fn problem(&self) -> Option<String> {
-        (!self.connected.load(Ordering::Relaxed)).then(|| {
+        (!self.known.connected()).then(|| {
             format!(
                 "zookeeper {} not connected: replaying to the endpoints last known",
                 self.address
@@ -329,15 +368,7 @@ impl Discovery for ZooKeeperDiscovery {
     }
 
     fn services(&self) -> Vec<(String, Arc<[Downstream]>)> {
-        let mut all: Vec<_> = self
-            .cache
-            .read()
-            .expect("cache lock")
-            .iter()
-            .map(|(n, e)| (n.clone(), e.clone()))
-            .collect();
-        all.sort_by(|a, b| a.0.cmp(&b.0));
-        all
+        self.known.services()
     }
 }
 
@@ -352,8 +383,7 @@ pub struct KubernetesDiscovery {
     token_file: std::path::PathBuf,
     client:
         hyper_util::client::legacy::Client<super::Connector, http_body_util::Full<bytes::Bytes>>,
-    cache: std::sync::RwLock<HashMap<String, Arc<[Downstream]>>>,
-    connected: std::sync::atomic::AtomicBool,
+    known: Known,
 }
 
 /// How long to wait before listing again after a failure.
@@ -388,8 +418,7 @@ impl KubernetesDiscovery {
                 .unwrap_or(IN_CLUSTER_TOKEN)
                 .into(),
             client: super::pooled_client(tls),
-            cache: std::sync::RwLock::new(HashMap::new()),
-            connected: std::sync::atomic::AtomicBool::new(false),
+            known: Known::default(),
         })
     }
 
@@ -404,7 +433,7 @@ impl KubernetesDiscovery {
                     if last_error.take().is_some() {
                         tracing::info!(url = %self.list_url, "kubernetes API answers again");
                     }
-                    self.connected.store(true, Ordering::Relaxed);
+                    self.known.set_connected(true);
                     self.publish(&slices);
                     loop {
                         match self.watch(&mut slices, &mut version, &shutdown).await {
@@ -423,7 +452,7 @@ impl KubernetesDiscovery {
             };
             if let Err(e) = outcome {
                 metrics::counter!(crate::metrics::DISCOVERY_ERRORS_TOTAL).increment(1);
-                self.connected.store(false, Ordering::Relaxed);
+                self.known.set_connected(false);
                 if last_error.as_deref() != Some(e.as_str()) {
                     tracing::warn!(url = %self.list_url, error = %e, "cannot list or watch EndpointSlices; keeping the last known endpoints");
                     last_error = Some(e);
@@ -439,12 +468,8 @@ impl KubernetesDiscovery {
     /// Makes the endpoints of `slices` the known ones.
     fn publish(&self, slices: &HashMap<String, serde_json::Value>) {
         let items: Vec<&serde_json::Value> = slices.values().collect();
-        let services = services_of(&serde_json::json!({ "items": items }));
-        let mut cache = self.cache.write().expect("cache lock");
-        if *cache != services {
-            metrics::counter!(crate::metrics::DISCOVERY_UPDATES_TOTAL).increment(1);
-            *cache = services;
-        }
+        self.known
+            .update(services_of(&serde_json::json!({ "items": items })));
     }
 
     fn request(
@@ -637,23 +662,15 @@ fn services_of(list: &serde_json::Value) -> HashMap<String, Arc<[Downstream]>> {
 
 impl Discovery for KubernetesDiscovery {
     fn endpoints(&self, service: &str) -> Option<Arc<[Downstream]>> {
-        self.cache.read().expect("cache lock").get(service).cloned()
+        self.known.endpoints(service)
     }
 
     fn describe(&self) -> String {
-        format!(
-            "kubernetes {} ({})",
-            self.list_url,
-            if self.connected.load(Ordering::Relaxed) {
-                "connected"
-            } else {
-                "not connected"
-            }
-        )
+        format!("kubernetes {} ({})", self.list_url, self.known.state())
     }
 
     fn problem(&self) -> Option<String> {
-        (!self.connected.load(Ordering::Relaxed)).then(|| {
+        (!self.known.connected()).then(|| {
             format!(
                 "kubernetes API {} not answering: replaying to the endpoints last known",
                 self.list_url
@@ -662,15 +679,7 @@ impl Discovery for KubernetesDiscovery {
     }
 
     fn services(&self) -> Vec<(String, Arc<[Downstream]>)> {
-        let mut all: Vec<_> = self
-            .cache
-            .read()
-            .expect("cache lock")
-            .iter()
-            .map(|(n, e)| (n.clone(), e.clone()))
-            .collect();
-        all.sort_by(|a, b| a.0.cmp(&b.0));
-        all
+        self.known.services()
     }
 }
 

@@ -10,7 +10,7 @@ mod runner;
 
 pub use crate::model::replay::{Attempt, Outcome, ParkedRecord, ReplayResult};
 pub use compare::{compare_bytes, Answer, Comparator};
-pub use parked::{Redrive, Redriven, MAX_REDRIVE};
+pub use parked::{Redrive, Redriven};
 pub use replay::{Replayer, REPLAY_ID_HEADER, REPLAY_SHARD_HEADER};
 pub use retry::{RetryPolicy, Retrying};
 pub use runner::{PlaybackStats, SyncLink, SyncRunner, Transport, WaitingOn};

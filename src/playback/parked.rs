@@ -6,7 +6,7 @@ use crate::record::RecordId;
 use crate::store::{ReplayWrite, Store, StoreError};
 
 /// Most parked records one call re-drives per shard.
-pub const MAX_REDRIVE: usize = 10_000;
+const MAX_REDRIVE: usize = 10_000;
 
 /// What a re-drive did.
 #[derive(Debug, Default, serde::Serialize)]
