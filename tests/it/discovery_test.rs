@@ -13,6 +13,32 @@ use serde_json::json;
 
 use crate::support::{self, eventually, get_json, ClientConn, FakeDownstream, StoreChoice};
 
+/// A Record node (zone A's downstream `zone_a`) and a Playback node
+/// replaying to `own` unless `discovery` (its `service_discovery` section)
+/// knows the service; both with embedded stores under `dir`.
+async fn zones(
+    zone_a: &str,
+    own: &str,
+    dir: &std::path::Path,
+    discovery: serde_json::Value,
+) -> (qproxy::node::RunningNode, qproxy::node::RunningNode) {
+    let record = support::start_node(support::record_config(
+        zone_a,
+        1,
+        &StoreChoice::Embedded(dir.join("a")),
+    ))
+    .await;
+    let mut config = support::playback_config(
+        own,
+        1,
+        record.api_addr,
+        &StoreChoice::Embedded(dir.join("b")),
+    );
+    config["service_discovery"] = discovery;
+    let playback = support::start_node(config).await;
+    (record, playback)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn discovery_test_static_services_share_the_replays_and_unknown_ones_go_to_the_downstream() {
     let zone_a = FakeDownstream::start().await;
@@ -21,30 +47,15 @@ async fn discovery_test_static_services_share_the_replays_and_unknown_ones_go_to
         FakeDownstream::start().await,
         FakeDownstream::start().await,
     );
-    // An endpoint that refuses connections: bound, never listening.
-    let refusing = tokio::net::TcpSocket::new_v4().unwrap();
-    refusing.bind("127.0.0.1:0".parse().unwrap()).unwrap();
-    let refusing_addr = refusing.local_addr().unwrap();
+    let (_refusing, refusing_addr) = support::refusing_port();
     let dir = tempfile::tempdir().unwrap();
-    let record = support::start_node(support::record_config(
-        &zone_a.url(),
-        1,
-        &StoreChoice::Embedded(dir.path().join("a")),
-    ))
-    .await;
-    let mut config = support::playback_config(
-        &own.url(),
-        1,
-        record.api_addr,
-        &StoreChoice::Embedded(dir.path().join("b")),
-    );
-    config["service_discovery"] = json!({
+    let (record, playback) =
+        zones(&zone_a.url(), &own.url(), dir.path(), json!({
         "provider": "static",
         "config": {"static_services": [
             {"name": "orders", "endpoints": [one.addr.to_string(), refusing_addr.to_string(), two.addr.to_string()]},
         ]},
-    });
-    let playback = support::start_node(config).await;
+    })).await;
 
     // Ten requests for `orders` (the Host, without its port), two for a
     // service discovery does not know.
@@ -161,23 +172,16 @@ async fn discovery_test_zookeeper_registrations_move_the_replays_without_a_resta
     support::zk_register(&client, "/services/orders/garbage", b"not json").await;
 
     let dir = tempfile::tempdir().unwrap();
-    let record = support::start_node(support::record_config(
+    let (record, playback) = zones(
         &zone_a.url(),
-        1,
-        &StoreChoice::Embedded(dir.path().join("a")),
-    ))
-    .await;
-    let mut config = support::playback_config(
         &own.url(),
-        1,
-        record.api_addr,
-        &StoreChoice::Embedded(dir.path().join("b")),
-    );
-    config["service_discovery"] = json!({
-        "provider": "zookeeper",
-        "config": {"zookeeper": {"address": zk.address(), "base_path": "/services"}},
-    });
-    let playback = support::start_node(config).await;
+        dir.path(),
+        json!({
+            "provider": "zookeeper",
+            "config": {"zookeeper": {"address": zk.address(), "base_path": "/services"}},
+        }),
+    )
+    .await;
     eventually(
         "the playback node reads zookeeper",
         Duration::from_secs(20),
@@ -467,25 +471,13 @@ async fn discovery_test_kubernetes_endpoint_slices_move_the_replays() {
     let token = dir.path().join("token");
     std::fs::write(&token, "s3cret-token\n").unwrap();
 
-    let record = support::start_node(support::record_config(
-        &zone_a.url(),
-        1,
-        &StoreChoice::Embedded(dir.path().join("a")),
-    ))
-    .await;
-    let mut config = support::playback_config(
-        &own.url(),
-        1,
-        record.api_addr,
-        &StoreChoice::Embedded(dir.path().join("b")),
-    );
-    config["service_discovery"] = json!({
+    let discovery = json!({
         "provider": "kubernetes",
         "config": {"kubernetes": {"namespace": "zone-b",
                                    "service_account_token": token.display().to_string(),
                                    "api_server": format!("http://{}", api.addr)}},
     });
-    let playback = support::start_node(config).await;
+    let (record, playback) = zones(&zone_a.url(), &own.url(), dir.path(), discovery).await;
     eventually(
         "the playback node lists the slices",
         Duration::from_secs(20),

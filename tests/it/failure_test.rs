@@ -28,16 +28,6 @@ fn tags(seen: &[crate::support::Seen]) -> Vec<String> {
     seen.iter().map(|s| s.uri.clone()).collect()
 }
 
-/// A loopback port bound but not listening: connections to it are refused,
-/// and nothing else can take it until the socket is dropped.
-fn refusing_port() -> (tokio::net::TcpSocket, SocketAddr) {
-    let socket = tokio::net::TcpSocket::new_v4().unwrap();
-    socket.set_reuseaddr(true).unwrap();
-    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
-    let addr = socket.local_addr().unwrap();
-    (socket, addr)
-}
-
 async fn health(api: SocketAddr) -> (StatusCode, Value) {
     get_json(&format!("http://{api}/health")).await
 }
@@ -49,7 +39,7 @@ async fn health(api: SocketAddr) -> (StatusCode, Value) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failure_test_zone_b_down_delays_replays_but_loses_none() {
     let zone_a = FakeDownstream::start().await;
-    let (zone_b_down, zone_b_addr) = refusing_port();
+    let (zone_b_down, zone_b_addr) = support::refusing_port();
     let dir = tempfile::tempdir().unwrap();
     let record = support::start_node(support::record_config(
         &zone_a.url(),
@@ -154,7 +144,7 @@ async fn failure_test_zone_b_down_delays_replays_but_loses_none() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failure_test_given_up_records_are_parked_and_re_driven() {
     let zone_a = FakeDownstream::start().await;
-    let (zone_b_down, zone_b_addr) = refusing_port();
+    let (zone_b_down, zone_b_addr) = support::refusing_port();
     let redis = support::RedisServer::start();
     let dir = tempfile::tempdir().unwrap();
     let record = support::start_node(support::record_config(

@@ -109,3 +109,13 @@ impl Drop for ServerProcess {
         self.stop();
     }
 }
+
+/// A loopback port bound but not listening: connections to it are refused,
+/// and nothing else can take it until the socket is dropped.
+pub fn refusing_port() -> (tokio::net::TcpSocket, SocketAddr) {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_reuseaddr(true).unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let addr = socket.local_addr().unwrap();
+    (socket, addr)
+}
