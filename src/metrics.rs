@@ -14,6 +14,13 @@ pub const HTTP_REQUEST_SIZE_BYTES: &str = "http_request_size_bytes";
 pub const HTTP_RESPONSE_SIZE_BYTES: &str = "http_response_size_bytes";
 pub const HTTP_ERRORS_TOTAL: &str = "http_errors_total";
 
+pub const GRPC_REQUESTS_TOTAL: &str = "grpc_requests_total";
+pub const GRPC_REQUEST_DURATION_SECONDS: &str = "grpc_request_duration_seconds";
+pub const GRPC_ACTIVE_CONNECTIONS: &str = "grpc_active_connections";
+pub const GRPC_REQUEST_SIZE_BYTES: &str = "grpc_request_size_bytes";
+pub const GRPC_RESPONSE_SIZE_BYTES: &str = "grpc_response_size_bytes";
+pub const GRPC_ERRORS_TOTAL: &str = "grpc_errors_total";
+
 pub const TCP_CONNECTIONS_TOTAL: &str = "tcp_connections_total";
 pub const TCP_ACTIVE_CONNECTIONS: &str = "tcp_active_connections";
 pub const TCP_ERRORS_TOTAL: &str = "tcp_errors_total";
@@ -112,6 +119,33 @@ fn describe() {
         "Response body sizes (when known up front)"
     );
     describe_counter!(HTTP_ERRORS_TOTAL, "HTTP exchanges that failed, by kind");
+    describe_counter!(
+        GRPC_REQUESTS_TOTAL,
+        "gRPC calls proxied, by method (at most 100, then `other`) and status code"
+    );
+    describe_histogram!(
+        GRPC_REQUEST_DURATION_SECONDS,
+        Unit::Seconds,
+        "gRPC call durations, to the last response message or status"
+    );
+    describe_gauge!(
+        GRPC_ACTIVE_CONNECTIONS,
+        "Open client connections on the gRPC listener"
+    );
+    describe_histogram!(
+        GRPC_REQUEST_SIZE_BYTES,
+        Unit::Bytes,
+        "Request message bytes per gRPC call"
+    );
+    describe_histogram!(
+        GRPC_RESPONSE_SIZE_BYTES,
+        Unit::Bytes,
+        "Response message bytes per gRPC call"
+    );
+    describe_counter!(
+        GRPC_ERRORS_TOTAL,
+        "gRPC calls that failed in the proxy or at the downstream, by kind"
+    );
     describe_counter!(
         TCP_CONNECTIONS_TOTAL,
         "TCP connections accepted by the TCP proxy"
@@ -283,6 +317,69 @@ impl RequestMetrics {
             .get_or_init(|| {
                 metrics::counter!(HTTP_REQUESTS_TOTAL, "protocol" => self.protocol,
                     "method" => METHODS[m], "status" => STATUS_CLASSES[s])
+            })
+            .increment(1);
+    }
+}
+
+/// The most gRPC method labels: calls to further methods count as `other`,
+/// so a client inventing method names cannot grow the metrics without end.
+pub const MAX_GRPC_METHODS: usize = 100;
+
+/// `grpc_*` metric handles by method, made on a method's first call.
+#[derive(Default)]
+pub struct GrpcMetrics {
+    methods: std::sync::Mutex<std::collections::HashMap<String, std::sync::Arc<GrpcMethod>>>,
+}
+
+/// One method's handles.
+pub struct GrpcMethod {
+    label: String,
+    codes: [OnceLock<metrics::Counter>; 18],
+    pub duration: metrics::Histogram,
+    pub request_size: metrics::Histogram,
+    pub response_size: metrics::Histogram,
+}
+
+impl GrpcMetrics {
+    pub fn new() -> GrpcMetrics {
+        handle();
+        GrpcMetrics::default()
+    }
+
+    /// The handles of `method` (or of `other` past [`MAX_GRPC_METHODS`]).
+    pub fn method(&self, method: &str) -> std::sync::Arc<GrpcMethod> {
+        let mut methods = self.methods.lock().expect("grpc metrics lock");
+        if let Some(found) = methods.get(method) {
+            return found.clone();
+        }
+        let label = match methods.len() < MAX_GRPC_METHODS {
+            true => method,
+            false => "other",
+        };
+        let made = std::sync::Arc::new(GrpcMethod {
+            label: label.to_string(),
+            codes: Default::default(),
+            duration: metrics::histogram!(GRPC_REQUEST_DURATION_SECONDS, "method" => label.to_string()),
+            request_size: metrics::histogram!(GRPC_REQUEST_SIZE_BYTES, "method" => label.to_string()),
+            response_size: metrics::histogram!(GRPC_RESPONSE_SIZE_BYTES, "method" => label.to_string()),
+        });
+        let key = match label {
+            "other" => "other".to_string(),
+            _ => method.to_string(),
+        };
+        methods.entry(key).or_insert(made).clone()
+    }
+}
+
+impl GrpcMethod {
+    /// Counts one call that ended with `code`, labelled `name` (codes
+    /// past 16 share one handle; None, no status at all, is another).
+    pub fn call(&self, code: Option<u32>, name: &'static str) {
+        let i = code.map_or(17, |c| c.min(16) as usize);
+        self.codes[i]
+            .get_or_init(|| {
+                metrics::counter!(GRPC_REQUESTS_TOTAL, "method" => self.label.clone(), "code" => name)
             })
             .increment(1);
     }

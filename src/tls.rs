@@ -73,6 +73,7 @@ impl TlsError {
 #[derive(Clone)]
 pub struct Setup {
     pub http: Option<TlsAcceptor>,
+    pub grpc: Option<TlsAcceptor>,
     pub api: Option<TlsAcceptor>,
     pub tcp: Option<TlsAcceptor>,
     pub client: Arc<ClientConfig>,
@@ -112,6 +113,16 @@ impl Setup {
             http: listener(
                 config.http_tls(),
                 http_ca.map(|p| ("http.client_ca", p)),
+                ALPN_HTTP,
+            )?,
+            grpc: listener(
+                config.grpc_tls(),
+                config
+                    .grpc
+                    .as_ref()
+                    .and_then(|g| g.client_ca.as_deref())
+                    .map(|p| ("grpc.client_ca", p)),
+                // HTTP/1.1 too, so that such a client is told what is wrong.
                 ALPN_HTTP,
             )?,
             api: listener(

@@ -63,18 +63,61 @@ impl HttpConfig {
     }
 }
 
-/// A `grpc` section: accepted so that the original examples load; the gRPC
-/// proxy itself is not built yet and a node says so at start-up.
+/// The gRPC proxy: HTTP/2 (h2c, or TLS with ALPN `h2`) in, calls spread
+/// round robin over `downstream`. On a Playback node `downstream` is where
+/// gRPC calls are replayed.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct GrpcConfig {
-    #[serde(default)]
+    #[serde(default = "yes")]
     pub enabled: bool,
     #[serde(default = "default_host")]
     pub host: String,
     pub port: u16,
+    /// `host:port` (h2c) or `https://host:port` (TLS, verified against
+    /// `tls.ca`), tried round robin; one that refuses is passed over for a
+    /// while.
+    #[serde(default, deserialize_with = "grpc_downstreams")]
+    pub downstream: Vec<Downstream>,
+    /// TLS on this listener with `tls.tls_cert`/`tls_key`; default: on
+    /// when `tls.tls_cert` is set.
     #[serde(default)]
-    pub downstream: Vec<String>,
+    pub tls: Option<bool>,
+    /// Require client certificates signed by this CA bundle (mutual TLS).
+    #[serde(default)]
+    pub client_ca: Option<PathBuf>,
+    /// The service this listener fronts, stored in each record (null: the
+    /// service the method path names, `pkg.Svc` of `/pkg.Svc/Method`).
+    #[serde(default)]
+    pub service: Option<String>,
+    /// Client connections served at once (as `http.max_connections`).
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// Worker threads, as `http.workers`.
+    #[serde(default)]
+    pub workers: Option<usize>,
+    /// The largest message either side may send; a larger one ends its
+    /// call with RESOURCE_EXHAUSTED.
+    #[serde(default = "default_max_message_bytes")]
+    pub max_message_bytes: u64,
+}
+
+fn default_max_message_bytes() -> u64 {
+    64 << 20
+}
+
+fn grpc_downstreams<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Downstream>, D::Error> {
+    Vec::<String>::deserialize(d)?
+        .iter()
+        .map(|s| {
+            Downstream::endpoint(s)
+                .and_then(|d| match d.path_prefix().is_empty() {
+                    true => Ok(d),
+                    false => Err(format!("`{s}`: a gRPC downstream has no path")),
+                })
+                .map_err(serde::de::Error::custom)
+        })
+        .collect()
 }
 
 /// The raw TCP proxy, with optional TLS on either side.

@@ -135,6 +135,8 @@ fn default_host() -> String {
 /// Longest `sync.interval` and replay or peer timeout: an hour. More is
 /// a typo, and near `u64::MAX` the timer overflows and sync stops.
 const MAX_WAIT_MS: u64 = 3_600_000;
+/// A gRPC message's length is a 32-bit number.
+const MAX_GRPC_MESSAGE: u64 = u32::MAX as u64;
 
 impl Config {
     /// Reads, parses and checks a config file.
@@ -266,6 +268,7 @@ impl Config {
             ),
         ];
         let http = self.http.as_ref().filter(|h| h.enabled);
+        let grpc = self.grpc.as_ref().filter(|g| g.enabled);
         let waits = waits.into_iter().chain([
             ("http.header_timeout_ms", http.map(|h| h.header_timeout_ms)),
             ("http.idle_timeout_ms", http.map(|h| h.idle_timeout_ms)),
@@ -289,12 +292,30 @@ impl Config {
                     .map(|t| t.max_connections),
             ),
             ("api.max_connections", Some(self.api.max_connections)),
+            ("grpc.max_connections", grpc.map(|g| g.max_connections)),
         ];
         for (key, n) in limits {
             if let Some(n) = n.filter(|n| !(1..=MAX_CONNECTIONS).contains(n)) {
                 return Err(invalid(
                     key,
                     format!("must be 1 to {MAX_CONNECTIONS}, not {n}"),
+                ));
+            }
+        }
+        if let Some(g) = grpc {
+            if !(1..=MAX_GRPC_MESSAGE).contains(&g.max_message_bytes) {
+                return Err(invalid(
+                    "grpc.max_message_bytes",
+                    format!(
+                        "must be 1 to {MAX_GRPC_MESSAGE} (4 GiB less a byte, the most a message's length can say), not {}",
+                        g.max_message_bytes
+                    ),
+                ));
+            }
+            if g.downstream.is_empty() && self.mode == Mode::Record {
+                return Err(invalid(
+                    "grpc.downstream",
+                    "needs at least one host:port (or https://host:port) to send calls to".into(),
                 ));
             }
         }
@@ -535,6 +556,15 @@ impl Config {
             .is_some_and(|h| h.enabled && h.tls.unwrap_or(cert))
     }
 
+    /// Whether the gRPC listener serves TLS (by default when
+    /// `tls.tls_cert` is set, as the HTTP listener).
+    pub fn grpc_tls(&self) -> bool {
+        let cert = self.tls.as_ref().is_some_and(|t| t.tls_cert.is_some());
+        self.grpc
+            .as_ref()
+            .is_some_and(|g| g.enabled && g.tls.unwrap_or(cert))
+    }
+
     /// Whether this node opens any TLS connection itself.
     pub fn needs_client_tls(&self) -> bool {
         let https = self
@@ -549,7 +579,11 @@ impl Config {
             && self.sync.enabled
             && self.sync.peer.as_ref().is_some_and(|p| p.tls);
         let mqtt = self.mqtt.as_ref().is_some_and(|m| m.enabled && m.tls);
-        https || tcp || peer || mqtt
+        let grpc = self
+            .grpc
+            .as_ref()
+            .is_some_and(|g| g.downstream.iter().any(Downstream::is_https));
+        https || tcp || peer || mqtt || grpc
     }
 
     /// TLS keys that must come together.
@@ -573,6 +607,12 @@ impl Config {
                 self.api.tls,
                 "api.client_ca",
                 self.api.client_ca.as_ref(),
+            ),
+            (
+                "grpc.tls",
+                self.grpc_tls(),
+                "grpc.client_ca",
+                self.grpc.as_ref().and_then(|g| g.client_ca.as_ref()),
             ),
             (
                 "tcp.tls",

@@ -124,6 +124,16 @@ impl StaticDiscovery {
         }
         Ok(StaticDiscovery { services })
     }
+
+    /// One service with a fixed list of endpoints (a listener's own
+    /// downstreams, such as `grpc.downstream`).
+    pub fn of(service: &str, endpoints: Vec<Downstream>) -> StaticDiscovery {
+        let mut services = HashMap::new();
+        if !endpoints.is_empty() {
+            services.insert(service.to_string(), endpoints.into());
+        }
+        StaticDiscovery { services }
+    }
 }
 
 impl Discovery for StaticDiscovery {

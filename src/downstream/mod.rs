@@ -1,10 +1,12 @@
 //! The outbound side: everything a node connects to besides its peer
 //! nodes' listeners. The pooled HTTP client ([`client`]), raw TCP targets
-//! ([`tcp`]), service discovery ([`discovery`]), and [`peer`], the one place
+//! ([`tcp`]), HTTP/2 channels for gRPC ([`h2`]), service discovery
+//! ([`discovery`]), and [`peer`], the one place
 //! that decides which address a request goes to.
 
 pub mod client;
 pub mod discovery;
+pub mod h2;
 pub mod peer;
 pub mod tcp;
 
@@ -13,5 +15,6 @@ pub use discovery::{
     Discovery, Endpoints, KubernetesDiscovery, PeerAddr, PeerSource, StaticDiscovery,
     ZooKeeperDiscovery, RECORD_REGISTRY,
 };
+pub use h2::{H2Channels, H2Error};
 pub use peer::http_peer;
 pub use tcp::TcpTarget;

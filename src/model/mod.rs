@@ -3,6 +3,7 @@
 //! nothing here imports from above.
 
 pub mod body;
+pub mod grpc;
 pub mod headers;
 pub mod id;
 pub mod record;

@@ -8,6 +8,7 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 pub use super::body::Body;
+pub use super::grpc::{GrpcCall, GrpcMessage};
 pub use super::id::{BadRecordId, RecordId};
 
 /// No stored value is larger than this.
@@ -40,6 +41,7 @@ pub struct Record {
 pub enum Exchange {
     Http(HttpExchange),
     Tcp(TcpSession),
+    Grpc(GrpcCall),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -47,6 +49,7 @@ pub enum Exchange {
 pub enum Protocol {
     Http,
     Tcp,
+    Grpc,
 }
 
 impl Protocol {
@@ -54,6 +57,7 @@ impl Protocol {
         match self {
             Protocol::Http => "http",
             Protocol::Tcp => "tcp",
+            Protocol::Grpc => "grpc",
         }
     }
 }
@@ -126,6 +130,7 @@ impl Record {
         match self.exchange {
             Exchange::Http(_) => Protocol::Http,
             Exchange::Tcp(_) => Protocol::Tcp,
+            Exchange::Grpc(_) => Protocol::Grpc,
         }
     }
 

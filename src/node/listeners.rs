@@ -12,6 +12,7 @@ use super::{NodeError, SHUTDOWN_GRACE};
 use crate::api::{Api, ApiState};
 use crate::config::{Config, DEFAULT_API_MAX_CONNECTIONS, DEFAULT_MAX_CONNECTIONS};
 use crate::downstream::TcpTarget;
+use crate::proxy::grpc::GrpcProxy;
 use crate::proxy::http::HttpProxy;
 use crate::proxy::tcp::TcpProxy;
 use crate::record::recorder::Recorder;
@@ -33,6 +34,7 @@ pub(super) struct ConnectionLimits {
     pub api: usize,
     pub http: usize,
     pub tcp: usize,
+    pub grpc: usize,
 }
 
 /// The configured limits, lowered where the open file limit could not
@@ -49,19 +51,26 @@ pub(super) fn connection_limits(config: &Config) -> ConnectionLimits {
         .as_ref()
         .filter(|t| t.enabled)
         .map(|t| t.max_connections);
+    let grpc = config
+        .grpc
+        .as_ref()
+        .filter(|g| g.enabled)
+        .map(|g| g.max_connections);
     let api = config.api.max_connections;
     let Some((fd_limit, _)) = crate::os::fd_limits() else {
         return ConnectionLimits {
             api,
             http: http.unwrap_or(1),
             tcp: tcp.unwrap_or(1),
+            grpc: grpc.unwrap_or(1),
         };
     };
-    let (fitted_api, fitted) = crate::server::fit_to_fd_limit(fd_limit, api, &[http, tcp]);
+    let (fitted_api, fitted) = crate::server::fit_to_fd_limit(fd_limit, api, &[http, tcp, grpc]);
     let lowered = [
         ("api.max_connections", Some(api), Some(fitted_api)),
         ("http.max_connections", http, fitted[0]),
         ("tcp.max_connections", tcp, fitted[1]),
+        ("grpc.max_connections", grpc, fitted[2]),
     ];
     for (key, configured, fitted) in lowered {
         if let (Some(configured), Some(fitted)) = (configured, fitted) {
@@ -79,36 +88,32 @@ pub(super) fn connection_limits(config: &Config) -> ConnectionLimits {
         api: fitted_api,
         http: fitted[0].unwrap_or(1),
         tcp: fitted[1].unwrap_or(1),
+        grpc: fitted[2].unwrap_or(1),
     }
 }
 
-/// Serves the HTTP proxy and the TCP proxy (a listener with its target),
-/// each exchange recorded when there is a `recorder`.
+/// A node's bound proxy listeners (the TCP one with its target).
+pub(super) struct ProxyListeners {
+    pub http: Option<Listener>,
+    pub tcp: Option<(Listener, TcpTarget)>,
+    pub grpc: Option<Listener>,
+}
+
+/// Serves the HTTP, gRPC and TCP proxies on their listeners, each exchange
+/// recorded when there is a `recorder`.
 pub(super) fn serve_proxies(
     config: &Config,
-    http: Option<Listener>,
-    tcp: Option<(Listener, TcpTarget)>,
+    listeners: ProxyListeners,
     tls: &crate::tls::Setup,
     recorder: Option<Recorder>,
     shutdown: &CancellationToken,
     tasks: &mut Vec<JoinHandle<()>>,
 ) {
+    let ProxyListeners { http, tcp, grpc } = listeners;
     if let (Some(listener), Some(h)) = (http, &config.http) {
         // Proxied connections run on one single-threaded runtime per CPU,
         // each with its own downstream pool (see server::Workers).
-        let count = h
-            .workers
-            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-        let workers = match count {
-            0 => None,
-            n => match Workers::new("http", n) {
-                Ok(workers) => Some(Arc::new(workers)),
-                Err(e) => {
-                    warn!(error = %e, "no proxy worker threads; serving on the main runtime");
-                    None
-                }
-            },
-        };
+        let workers = proxy_workers("http", h.workers);
         let pools = workers.as_ref().map_or(1, |w| w.len());
         let proxy = HttpProxy::new(
             h.downstream.clone(),
@@ -135,6 +140,25 @@ pub(super) fn serve_proxies(
             options,
         )));
     }
+    if let (Some(listener), Some(g)) = (grpc, &config.grpc) {
+        let workers = proxy_workers("grpc", g.workers);
+        let pools = workers.as_ref().map_or(1, |w| w.len());
+        let proxy = GrpcProxy::new(g.downstream.clone(), recorder.clone(), &tls.client, pools)
+            .with_limits(g.service.as_deref(), g.max_message_bytes);
+        let options = Options {
+            tls: tls.grpc.clone(),
+            on_connection: Some(count_grpc_connection),
+            workers,
+            timeouts: Timeouts::default(),
+        };
+        tasks.push(tokio::spawn(serve(
+            listener,
+            proxy,
+            shutdown.clone(),
+            SHUTDOWN_GRACE,
+            options,
+        )));
+    }
     if let Some((listener, target)) = tcp {
         let proxy = TcpProxy::new(target, tls.tcp.clone(), recorder.clone())
             .with_service(config.tcp.as_ref().and_then(|t| t.service.as_deref()));
@@ -143,6 +167,23 @@ pub(super) fn serve_proxies(
             shutdown.clone(),
             SHUTDOWN_GRACE,
         )));
+    }
+}
+
+/// The worker threads of a proxy listener: `configured` of them, or one
+/// per CPU; none (the main runtime) for 0 or when threads cannot start.
+fn proxy_workers(name: &str, configured: Option<usize>) -> Option<Arc<Workers>> {
+    let count =
+        configured.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    match count {
+        0 => None,
+        n => match Workers::new(name, n) {
+            Ok(workers) => Some(Arc::new(workers)),
+            Err(e) => {
+                warn!(listener = name, error = %e, "no proxy worker threads; serving on the main runtime");
+                None
+            }
+        },
     }
 }
 
@@ -165,6 +206,10 @@ pub(super) fn serve_api(
         SHUTDOWN_GRACE,
         options,
     )));
+}
+
+fn count_grpc_connection(delta: i64) {
+    metrics::gauge!(crate::metrics::GRPC_ACTIVE_CONNECTIONS).increment(delta as f64);
 }
 
 fn count_http_connection(delta: i64) {

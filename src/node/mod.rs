@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{debug, info};
 
 use self::fabric::Fabric;
 use self::record_side::RecordSide;
@@ -53,6 +53,8 @@ pub struct RunningNode {
     pub http_addr: Option<SocketAddr>,
     /// The TCP proxy listener's address, when there is one.
     pub tcp_addr: Option<SocketAddr>,
+    /// The gRPC proxy listener's address, when there is one.
+    pub grpc_addr: Option<SocketAddr>,
     pub api_addr: SocketAddr,
     /// The embedded MQTT broker's address, when this node runs one.
     pub broker_addr: Option<SocketAddr>,
@@ -114,13 +116,19 @@ pub async fn start_with_tls(
         Some(t) if t.enabled => Some(listeners::bind("tcp proxy", &t.host, t.port).await?),
         _ => None,
     };
+    let grpc = match &config.grpc {
+        Some(g) if g.enabled => Some(listeners::bind("grpc proxy", &g.host, g.port).await?),
+        _ => None,
+    };
     let api = listeners::bind("api", &config.api.host, config.api.port).await?;
     let http_addr = http.as_ref().and_then(|l| l.local_addr().ok());
     let tcp_addr = tcp.as_ref().and_then(|l| l.local_addr().ok());
+    let grpc_addr = grpc.as_ref().and_then(|l| l.local_addr().ok());
     let api_addr = api.local_addr().expect("a bound listener has an address");
     let limits = listeners::connection_limits(&config);
     let http = http.map(|l| Listener::new("http", l, limits.http));
     let tcp = tcp.map(|l| Listener::new("tcp", l, limits.tcp));
+    let grpc = grpc.map(|l| Listener::new("grpc", l, limits.grpc));
     let api = Listener::new("api", api, limits.api);
     let broker = match config
         .mqtt
@@ -141,10 +149,11 @@ pub async fn start_with_tls(
     let broker_addr = broker.map(|b| b.addr);
     let shutdown = CancellationToken::new();
     let mode = config.mode;
-    info!(%mode, http = ?http_addr, api = %api_addr, store = %store.describe(), "node starting");
+    info!(%mode, http = ?http_addr, grpc = ?grpc_addr, api = %api_addr, store = %store.describe(), "node starting");
     let listeners = Listeners {
         http,
         tcp,
+        grpc,
         api,
         tls,
         tcp_target,
@@ -155,6 +164,7 @@ pub async fn start_with_tls(
         mode,
         http_addr,
         tcp_addr,
+        grpc_addr,
         api_addr,
         broker_addr,
         shutdown,
@@ -163,9 +173,6 @@ pub async fn start_with_tls(
 }
 
 fn warn_unbuilt(config: &Config) {
-    if config.grpc.as_ref().is_some_and(|g| g.enabled) {
-        warn!("the grpc section is not served yet: this version proxies HTTP only");
-    }
     if let Some(sd) = config.service_discovery.as_ref() {
         if config.mode == Mode::Record {
             debug!(provider = ?sd.provider, "service_discovery is used by Playback nodes");
@@ -177,6 +184,7 @@ fn warn_unbuilt(config: &Config) {
 struct Listeners {
     http: Option<Listener>,
     tcp: Option<Listener>,
+    grpc: Option<Listener>,
     api: Listener,
     tls: crate::tls::Setup,
     tcp_target: Option<TcpTarget>,
@@ -194,6 +202,7 @@ async fn run(
     let Listeners {
         http,
         tcp,
+        grpc,
         api,
         tls,
         tcp_target,
@@ -234,8 +243,11 @@ async fn run(
     .await;
     listeners::serve_proxies(
         &config,
-        http,
-        tcp.zip(tcp_target),
+        listeners::ProxyListeners {
+            http,
+            tcp: tcp.zip(tcp_target),
+            grpc,
+        },
         &tls,
         record.recorder.take(),
         &shutdown,

@@ -53,7 +53,14 @@ pub(super) async fn start(
     )
     .with_tcp_pacing(config.playback.tcp_pacing)
     .with_retry_statuses(config.playback.retry_statuses.clone())
-    .with_comparator(comparator);
+    .with_comparator(comparator)
+    .with_grpc(
+        config
+            .grpc
+            .as_ref()
+            .map(|g| g.downstream.clone())
+            .unwrap_or_default(),
+    );
     let (endpoints, peer_source) = discovery(config, tls, shutdown, tasks);
     let discovered_peer = config.sync.peer.is_none() && peer_source.is_some();
     let replayer = Arc::new(match endpoints {

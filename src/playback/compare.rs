@@ -106,6 +106,106 @@ impl Comparator {
     }
 }
 
+/// How one gRPC call ended: the recorded one or the replayed one.
+pub struct GrpcAnswer<'a> {
+    /// `grpc-status`; None when there was none.
+    pub status: Option<u32>,
+    /// `grpc-message`, decoded.
+    pub message: String,
+    /// Response metadata and trailers together.
+    pub metadata: &'a HeaderMap,
+    pub messages: Vec<&'a [u8]>,
+}
+
+impl Comparator {
+    /// A replayed gRPC call against its recording: `grpc-status` (never the
+    /// HTTP status, which is 200 for errors too), `grpc-message`, the
+    /// headers of `playback.compare_headers` among metadata and trailers,
+    /// then the response messages: their count, then byte for byte, the
+    /// first that differs named by its index.
+    pub fn compare_grpc(
+        &self,
+        recorded: &GrpcAnswer<'_>,
+        replayed: &GrpcAnswer<'_>,
+    ) -> (Outcome, Option<String>) {
+        let show_status = |s: Option<u32>| match s {
+            Some(code) => format!("{code} ({})", crate::model::grpc::code_name(code)),
+            None => "none".to_string(),
+        };
+        let mismatch = |diff: String| (Outcome::Mismatched, Some(truncate(diff)));
+        if recorded.status != replayed.status {
+            return mismatch(format!(
+                "grpc-status: recorded {}, replayed {}",
+                show_status(recorded.status),
+                show_status(replayed.status)
+            ));
+        }
+        if recorded.message != replayed.message {
+            return mismatch(format!(
+                "grpc-message: recorded {:?}, replayed {:?}",
+                recorded.message, replayed.message
+            ));
+        }
+        for name in &self.headers {
+            let (a, b) = (
+                joined(recorded.metadata, name),
+                joined(replayed.metadata, name),
+            );
+            if a != b {
+                let show = |v: &Option<String>| {
+                    v.as_deref()
+                        .map_or("absent".to_string(), |v| format!("{v:?}"))
+                };
+                return mismatch(format!(
+                    "metadata {name}: recorded {}, replayed {}",
+                    show(&a),
+                    show(&b)
+                ));
+            }
+        }
+        let first = recorded
+            .messages
+            .iter()
+            .zip(&replayed.messages)
+            .position(|(a, b)| a != b);
+        let count = (recorded.messages.len() != replayed.messages.len()).then(|| {
+            format!(
+                "response messages: recorded {}, replayed {}",
+                recorded.messages.len(),
+                replayed.messages.len()
+            )
+        });
+        let differing = first.map(|i| {
+            message_diff(
+                &format!("message {i}"),
+                recorded.messages[i],
+                replayed.messages[i],
+            )
+        });
+        match (count, differing) {
+            (None, None) => (Outcome::Matched, None),
+            (Some(count), None) => mismatch(count),
+            (None, Some(diff)) => mismatch(diff),
+            (Some(count), Some(diff)) => mismatch(format!("{count}; {diff}")),
+        }
+    }
+}
+
+/// Two messages that differ: as text when both are short printable text,
+/// else where the first differing byte is.
+fn message_diff(what: &str, recorded: &[u8], replayed: &[u8]) -> String {
+    let text = |b: &[u8]| {
+        std::str::from_utf8(b)
+            .ok()
+            .filter(|s| s.len() <= 80 && s.chars().all(|c| !c.is_control()))
+            .map(str::to_string)
+    };
+    match (text(recorded), text(replayed)) {
+        (Some(a), Some(b)) => format!("{what}: recorded {a:?}, replayed {b:?}"),
+        _ => compare_bytes(what, recorded, replayed).unwrap_or_default(),
+    }
+}
+
 /// Recorded headers (as stored: name, text) in a map, for [`Answer`].
 pub fn header_map(headers: &[(String, String)]) -> HeaderMap {
     let mut map = HeaderMap::with_capacity(headers.len());

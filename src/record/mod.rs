@@ -5,6 +5,7 @@
 pub mod capture;
 pub mod encode;
 pub mod exchange;
+pub mod grpc;
 pub mod recorder;
 pub mod shard;
 pub mod signal;

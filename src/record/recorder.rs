@@ -390,8 +390,9 @@ impl Writer {
                     body_bytes += raw.request_body.len + raw.response_body.len;
                     self.encode_exchange(&raw)
                 }
-                Captured::Ready(record) => {
+                Captured::Ready(mut record) => {
                     body_bytes += record_body_bytes(&record);
+                    self.apply_policy(&mut record);
                     NewRecord::encode(&record)
                 }
             };
@@ -622,6 +623,35 @@ impl Writer {
         true
     }
 
+    /// `record.shard_key_header` and `record.redact_headers` for a record
+    /// built by its proxy (a gRPC call's metadata; a TCP session has none).
+    fn apply_policy(&self, record: &mut Record) {
+        let Exchange::Grpc(call) = &mut record.exchange else {
+            return;
+        };
+        if let Some(key) = self.shard_key_header.as_ref().and_then(|h| {
+            call.request_metadata
+                .iter()
+                .find(|(name, _)| name == h.as_str())
+        }) {
+            record.shard = shard_of(key.1.as_bytes(), self.shards);
+        }
+        if self.redact.is_empty() {
+            return;
+        }
+        for metadata in [
+            &mut call.request_metadata,
+            &mut call.response_metadata,
+            &mut call.trailers,
+        ] {
+            for (name, value) in metadata.iter_mut() {
+                if self.redact.iter().any(|r| r.as_str() == name) {
+                    *value = super::encode::REDACTED.to_string();
+                }
+            }
+        }
+    }
+
     /// The stored form of an HTTP exchange, on the shard its key picks.
     fn encode_exchange(&self, raw: &RawExchange) -> NewRecord {
         let shard = match self
@@ -644,6 +674,7 @@ fn record_body_bytes(record: &Record) -> usize {
     match &record.exchange {
         Exchange::Http(h) => h.request_body.len() + h.response_body.len(),
         Exchange::Tcp(t) => t.kept_bytes(),
+        Exchange::Grpc(g) => g.kept_bytes(),
     }
 }
 

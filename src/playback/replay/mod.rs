@@ -2,6 +2,7 @@
 //! the dispatch and what every protocol shares; [`http`] and [`tcp`] hold
 //! each protocol's replay (a new protocol gets a file here).
 
+mod grpc;
 mod http;
 mod tcp;
 
@@ -44,6 +45,8 @@ pub struct Replayer {
     /// The endpoints of the services records name, when service discovery
     /// is configured; other records go to `target`.
     endpoints: Option<Arc<Endpoints>>,
+    /// `grpc.downstream`, where gRPC calls go that discovery does not place.
+    grpc: grpc::GrpcTargets,
 }
 
 /// Why a replay did not reach its target.
@@ -81,7 +84,6 @@ impl Replayer {
     ) -> Replayer {
         Replayer {
             client: crate::downstream::pooled_client(tls.clone()),
-            tls,
             target,
             tcp_target,
             timeout,
@@ -90,7 +92,16 @@ impl Replayer {
             retry_statuses: Vec::new(),
             comparator: Comparator::default(),
             endpoints: None,
+            grpc: grpc::GrpcTargets::new(&tls),
+            tls,
         }
+    }
+
+    /// Replays gRPC calls round robin over `downstreams` (each `https://`
+    /// one over TLS), unless discovery knows the call's service.
+    pub fn with_grpc(mut self, downstreams: Vec<Downstream>) -> Replayer {
+        self.grpc = self.grpc.with_downstreams(downstreams);
+        self
     }
 
     /// Replays each HTTP record to an endpoint of the service it names,
@@ -203,6 +214,10 @@ impl Replayer {
                 judged
             }
             Exchange::Tcp(tcp) => self.tcp(record, tcp).await.map(|(o, d)| (o, d, None)),
+            Exchange::Grpc(call) => self.grpc(record, id, call).await.map(|(judged, to)| {
+                endpoint = to;
+                judged
+            }),
         };
         let (outcome, detail, replayed_status) = match judged {
             Ok(judged) => judged,
@@ -214,6 +229,11 @@ impl Replayer {
         let (method, uri, recorded_status) = match &record.exchange {
             Exchange::Http(h) => (h.method.clone(), h.uri.clone(), h.status),
             Exchange::Tcp(t) => ("TCP".to_string(), t.downstream.clone(), None),
+            Exchange::Grpc(g) => (
+                "gRPC".to_string(),
+                g.method.clone(),
+                g.status.map(|s| s as u16),
+            ),
         };
         let elapsed = started.elapsed();
         counter!(m::REPLAYS_TOTAL, "protocol" => protocol, "result" => outcome.as_str())
