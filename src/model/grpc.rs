@@ -411,6 +411,50 @@ mod tests {
     }
 
     #[test]
+    fn a_call_round_trips_as_a_record() {
+        use crate::model::record::{Exchange, Record, RecordId};
+        let call = GrpcCall {
+            method: "/test.Echo/Bidi".into(),
+            request_metadata: vec![("content-type".into(), "application/grpc".into())],
+            request_messages: vec![GrpcMessage {
+                at_us: 10,
+                compressed: false,
+                after: 1,
+                data: Body::from(&b"x"[..]),
+            }],
+            http_status: Some(200),
+            response_messages: vec![GrpcMessage {
+                at_us: 5,
+                compressed: true,
+                after: 0,
+                data: Body::from(&[0u8, 255][..]),
+            }],
+            trailers: vec![("grpc-status".into(), "0".into())],
+            status: Some(0),
+            request_count: 1,
+            request_bytes: 1,
+            response_count: 1,
+            response_bytes: 2,
+            ..GrpcCall::default()
+        };
+        let record = Record {
+            id: None,
+            shard: 1,
+            captured_at_ms: 1,
+            duration_us: 2,
+            client_addr: "127.0.0.1:1".into(),
+            error: None,
+            service: Some("test.Echo".into()),
+            exchange: Exchange::Grpc(call),
+        };
+        let back = Record::decode_pieces(RecordId::ZERO, &record.encode_pieces()).unwrap();
+        assert_eq!(Record { id: None, ..back }, record);
+        let json = serde_json::to_value(&record).unwrap();
+        assert_eq!(json["exchange"]["grpc"]["response_messages"][0]["data"], "AP8=");
+        assert_eq!(serde_json::from_value::<Record>(json).unwrap(), record);
+    }
+
+    #[test]
     fn services_and_messages_read_as_grpc_writes_them() {
         assert_eq!(service_of("/pkg.v1.Orders/Get"), Some("pkg.v1.Orders"));
         assert_eq!(service_of("/Get"), None);

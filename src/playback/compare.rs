@@ -326,6 +326,83 @@ mod tests {
         )
     }
 
+    fn grpc<'a>(
+        status: Option<u32>,
+        message: &str,
+        metadata: &'a HeaderMap,
+        messages: &[&'a [u8]],
+    ) -> GrpcAnswer<'a> {
+        GrpcAnswer {
+            status,
+            message: message.to_string(),
+            metadata,
+            messages: messages.to_vec(),
+        }
+    }
+
+    #[test]
+    fn grpc_calls_compare_by_status_message_and_messages() {
+        let none = HeaderMap::new();
+        let plain = Comparator::default();
+        let same = plain.compare_grpc(
+            &grpc(Some(0), "", &none, &[b"a", b"b"]),
+            &grpc(Some(0), "", &none, &[b"a", b"b"]),
+        );
+        assert_eq!(same, (Outcome::Matched, None));
+        // The same bytes with another status: never judged by HTTP's 200.
+        let (outcome, diff) = plain.compare_grpc(
+            &grpc(Some(0), "", &none, &[b"a"]),
+            &grpc(Some(13), "", &none, &[b"a"]),
+        );
+        assert_eq!(outcome, Outcome::Mismatched);
+        assert_eq!(
+            diff.unwrap(),
+            "grpc-status: recorded 0 (OK), replayed 13 (INTERNAL)"
+        );
+        let (_, diff) = plain.compare_grpc(
+            &grpc(Some(5), "not here", &none, &[]),
+            &grpc(Some(5), "gone", &none, &[]),
+        );
+        assert_eq!(
+            diff.unwrap(),
+            "grpc-message: recorded \"not here\", replayed \"gone\""
+        );
+        let (_, diff) = plain.compare_grpc(
+            &grpc(Some(0), "", &none, &[b"msg-0", b"msg-1", b"msg-2"]),
+            &grpc(Some(0), "", &none, &[b"msg-0", b"MSG-1"]),
+        );
+        assert_eq!(
+            diff.unwrap(),
+            "response messages: recorded 3, replayed 2; message 1: recorded \"msg-1\", replayed \"MSG-1\""
+        );
+        let (_, diff) = plain.compare_grpc(
+            &grpc(Some(0), "", &none, &[&[0, 1, 2]]),
+            &grpc(Some(0), "", &none, &[&[0, 1, 3]]),
+        );
+        assert_eq!(
+            diff.unwrap(),
+            "message 0: differs at byte 2 (recorded 3 bytes, replayed 3 bytes)"
+        );
+    }
+
+    #[test]
+    fn grpc_metadata_is_compared_when_asked() {
+        let mut a = HeaderMap::new();
+        a.insert("x-version", "1".parse().unwrap());
+        let mut b = HeaderMap::new();
+        b.insert("x-version", "2".parse().unwrap());
+        let (outcome, _) = Comparator::default()
+            .compare_grpc(&grpc(Some(0), "", &a, &[]), &grpc(Some(0), "", &b, &[]));
+        assert_eq!(outcome, Outcome::Matched);
+        let (outcome, diff) = comparator(&["x-version"], &[])
+            .compare_grpc(&grpc(Some(0), "", &a, &[]), &grpc(Some(0), "", &b, &[]));
+        assert_eq!(outcome, Outcome::Mismatched);
+        assert_eq!(
+            diff.unwrap(),
+            "metadata x-version: recorded \"1\", replayed \"2\""
+        );
+    }
+
     fn comparator(headers: &[&str], ignore: &[&str]) -> Comparator {
         let config = PlaybackConfig {
             compare_headers: headers.iter().map(|s| s.to_string()).collect(),
