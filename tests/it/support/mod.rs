@@ -1,13 +1,15 @@
 //! What the integration tests stand on, one file each: real `redis-server`
 //! ([`redis`]) and Mosquitto ([`mosquitto`]) processes, a fake downstream
 //! that remembers what reached it ([`downstream`]), nodes started in-process
-//! or as `qproxy` processes ([`nodes`]), and an HTTP client that can send
-//! from a chosen loopback address ([`client`]).
+//! or as `qproxy` processes ([`nodes`]), an HTTP client that can send
+//! from a chosen loopback address ([`client`]), and gRPC servers and clients
+//! from two stacks, tonic and Python grpcio ([`grpc`]).
 
 #![allow(dead_code)]
 
 mod client;
 mod downstream;
+mod grpc;
 mod mosquitto;
 mod nodes;
 mod redis;
@@ -15,6 +17,7 @@ mod zookeeper;
 
 pub use client::*;
 pub use downstream::*;
+pub use grpc::*;
 pub use mosquitto::*;
 pub use nodes::*;
 pub use redis::*;
