@@ -450,7 +450,10 @@ mod tests {
         let back = Record::decode_pieces(RecordId::ZERO, &record.encode_pieces()).unwrap();
         assert_eq!(Record { id: None, ..back }, record);
         let json = serde_json::to_value(&record).unwrap();
-        assert_eq!(json["exchange"]["grpc"]["response_messages"][0]["data"], "AP8=");
+        assert_eq!(
+            json["exchange"]["grpc"]["response_messages"][0]["data"],
+            "AP8="
+        );
         assert_eq!(serde_json::from_value::<Record>(json).unwrap(), record);
     }
 

@@ -436,7 +436,9 @@ impl Body for RequestBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        // Not while a message is cut short: the next poll reports it, and
+        // the downstream's stream is reset rather than ended.
+        self.inner.is_end_stream() && self.framer.end().is_ok()
     }
 
     fn size_hint(&self) -> SizeHint {

@@ -10,6 +10,7 @@ mod demo_test;
 mod discovery_test;
 mod failure_test;
 mod grpc_support_test;
+mod grpc_test;
 mod layers_test;
 mod limits_test;
 mod mqtt_integration_test;
