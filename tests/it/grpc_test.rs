@@ -724,3 +724,71 @@ async fn grpc_calls_replay_to_the_discovered_service_of_their_method() {
     playback.stop().await;
     record.stop().await;
 }
+
+/// Resident memory of process `pid`, in bytes.
+fn rss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap();
+    kb * 1024
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_a_slow_reader_slows_the_stream_and_the_proxy_holds_no_more_than_its_windows() {
+    use http_body_util::{BodyExt, Full};
+    let zone_a = GrpcServer::start("zone-a").await;
+    let dir = tempfile::tempdir().unwrap();
+    let http = FakeDownstream::start().await;
+    let mut config = support::record_config(
+        &http.url(),
+        1,
+        &StoreChoice::Embedded(dir.path().join("data")),
+    );
+    let port = support::free_port();
+    config["api"]["port"] = json!(support::free_port());
+    config["http"]["port"] = json!(support::free_port());
+    config["record"] = json!({"enabled": false});
+    config["grpc"] = json!({"port": port, "downstream": [zone_a.addr().to_string()]});
+    let node = support::NodeProcess::spawn(&config, dir.path(), "record");
+    let proxy: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    eventually("the proxy listens", Duration::from_secs(10), || async {
+        tokio::net::TcpStream::connect(proxy).await.ok().map(|_| ())
+    })
+    .await;
+    let before = rss(node.child.id());
+
+    // 60 MiB in one message, read by a client that stops after the head.
+    let size = 60 << 20;
+    let io = hyper_util::rt::TokioIo::new(tokio::net::TcpStream::connect(proxy).await.unwrap());
+    let (mut sender, conn) =
+        hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), io)
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let request = http::Request::post(format!("http://{proxy}/test.Echo/Big"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(Full::new(qproxy::model::grpc::frame(
+            false,
+            size.to_string().as_bytes(),
+        )))
+        .unwrap();
+    let response = sender.send_request(request).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let held = rss(node.child.id()).saturating_sub(before);
+    assert!(
+        held < 24 << 20,
+        "the proxy holds {} MiB of a 60 MiB message a client does not read",
+        held >> 20
+    );
+    // Read now: the whole message arrives, in order.
+    let body = response.into_body().collect().await.unwrap();
+    let trailers = body.trailers().cloned().unwrap();
+    let bytes = body.to_bytes();
+    assert_eq!(trailers["grpc-status"], "0");
+    assert_eq!(bytes.len(), size + 5);
+    assert_eq!(&bytes[5..], &crate::support::big_payload(size)[..]);
+}
