@@ -384,3 +384,24 @@ impl GrpcMethod {
             .increment(1);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_method_labels_are_bounded() {
+        let metrics = GrpcMetrics::new();
+        for i in 0..MAX_GRPC_METHODS {
+            assert_eq!(
+                metrics.method(&format!("/s.S/M{i}")).label,
+                format!("/s.S/M{i}")
+            );
+        }
+        assert_eq!(metrics.method("/s.S/OneTooMany").label, "other");
+        assert_eq!(metrics.method("/s.S/Another").label, "other");
+        // Methods labelled before the bound keep their label.
+        assert_eq!(metrics.method("/s.S/M7").label, "/s.S/M7");
+        assert_eq!(metrics.methods.lock().unwrap().len(), MAX_GRPC_METHODS + 1);
+    }
+}

@@ -306,7 +306,7 @@ impl Handler<ResponseBody> for GrpcProxy {
                 Ok(uri) => uri,
                 Err(e) => {
                     call.failed("bad_request");
-                    return self.answer(&call, code::INTERNAL, &format!("bad method path: {e}"));
+                    return answer(&call, code::INTERNAL, &format!("bad method path: {e}"));
                 }
             };
             match channels.send(&target, request).await {
@@ -322,13 +322,13 @@ impl Handler<ResponseBody> for GrpcProxy {
                     if let Some(error) = broken {
                         call.failed("frame");
                         let message = format!("qproxy: the request stream is broken: {error}");
-                        return self.answer(&call, error.code(), &message);
+                        return answer(&call, error.code(), &message);
                     }
                     let reason = root_cause(&e);
                     debug!(client = %client, downstream = %name, error = %reason, "grpc downstream failed");
                     call.failed("downstream");
                     let message = format!("qproxy: downstream {name} failed: {reason}");
-                    return self.answer(&call, reset_status(&e), &message);
+                    return answer(&call, reset_status(&e), &message);
                 }
             }
         }
@@ -342,7 +342,7 @@ impl Handler<ResponseBody> for GrpcProxy {
         };
         debug!(client = %client, downstreams = %list, "no grpc downstream reachable");
         call.failed("unavailable");
-        self.answer(
+        answer(
             &call,
             code::UNAVAILABLE,
             &format!("qproxy: no gRPC downstream could be reached: {list}"),
@@ -350,15 +350,13 @@ impl Handler<ResponseBody> for GrpcProxy {
     }
 }
 
-impl GrpcProxy {
-    /// QProxy answers the call itself with `status`, recorded as its error.
-    fn answer(&self, call: &Call, status: u32, message: &str) -> Response<ResponseBody> {
-        call.ended(status);
-        if let Some(capture) = &call.capture {
-            capture.fail(message.to_string());
-        }
-        status_response(status, message)
+/// QProxy answers the call itself with `status`, recorded as its error.
+fn answer(call: &Call, status: u32, message: &str) -> Response<ResponseBody> {
+    call.ended(status);
+    if let Some(capture) = &call.capture {
+        capture.fail(message.to_string());
     }
+    status_response(status, message)
 }
 
 /// The downstream's answer, its body passed on as it comes.
