@@ -20,7 +20,7 @@ pub use playback::*;
 pub use record::*;
 pub use sync::*;
 
-use error::explain;
+use error::serde_error;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -31,12 +31,32 @@ use std::time::Duration;
 use serde::{Deserialize, Deserializer};
 
 /// The role of a node.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub enum Mode {
-    #[serde(alias = "record", alias = "RECORD")]
     Record,
-    #[serde(alias = "playback", alias = "PLAYBACK")]
     Playback,
+}
+
+/// `Record` or `Playback`, also all small or all capital letters; the
+/// error names the two once each.
+impl<'de> Deserialize<'de> for Mode {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Names;
+        impl serde::de::Visitor<'_> for Names {
+            type Value = Mode;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("`Record` or `Playback`")
+            }
+            fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<Mode, E> {
+                match s {
+                    "Record" | "record" | "RECORD" => Ok(Mode::Record),
+                    "Playback" | "playback" | "PLAYBACK" => Ok(Mode::Playback),
+                    _ => Err(E::unknown_variant(s, &["Record", "Playback"])),
+                }
+            }
+        }
+        d.deserialize_str(Names)
+    }
 }
 
 impl fmt::Display for Mode {
@@ -169,12 +189,18 @@ impl Config {
             column: e.column,
             message: e.to_string(),
         })?;
-        let mut config: Config = serde_json::from_str(&plain).map_err(|e| ConfigError::Syntax {
-            path: path.to_owned(),
-            line: e.line(),
-            column: jsonc::char_column(text.as_bytes(), e.line(), e.column()),
-            message: explain(&e, &plain),
-        })?;
+        if plain.trim().is_empty() {
+            return Err(ConfigError::Syntax {
+                path: path.to_owned(),
+                line: 1,
+                column: 1,
+                message: "the file is empty: it needs a JSON object such as \
+                          {\"mode\": \"Record\", …} (config/ holds two to start from)"
+                    .into(),
+            });
+        }
+        let mut config: Config =
+            serde_json::from_str(&plain).map_err(|e| serde_error(path, text, &plain, &e))?;
         config.source = Some(Arc::new(Source {
             path: path.to_owned(),
             text: text.to_owned(),
@@ -682,7 +708,7 @@ mod tests {
     #[test]
     fn unknown_keys_are_refused() {
         let err = parse("{\"mode\": \"Record\", \"modee\": 1}").unwrap_err();
-        assert!(err.to_string().contains("unknown field `modee`"), "{err}");
+        assert!(err.to_string().contains("unknown key `modee`"), "{err}");
     }
 
     #[test]
@@ -695,7 +721,10 @@ mod tests {
         assert!(text.starts_with("test.json:2:"), "{text}");
         assert!(text.contains("70000"), "{text}");
         let err = parse("{\"mode\": \"Record\", \"sync\": {\"shards\": \"4\"}}").unwrap_err();
-        assert!(err.to_string().contains("expected u32"), "{err}");
+        assert_eq!(
+            err.to_string(),
+            "test.json:1:39: sync.shards: expected a whole number, not the string \"4\""
+        );
     }
 
     #[test]

@@ -112,7 +112,10 @@ fn a_bad_config_stops_start_up_with_file_line_column_and_exit_2() {
         stderr.contains(&format!("{}:4:", path.display())),
         "{stderr}"
     );
-    assert!(stderr.contains("expected u32"), "{stderr}");
+    assert!(
+        stderr.contains("sync.shards: expected a whole number, not the string \"many\""),
+        "{stderr}"
+    );
     // Nothing was bound: the port is still free.
     std::net::TcpListener::bind(("127.0.0.1", port)).expect("the port was never bound");
 
@@ -263,6 +266,91 @@ fn config_test_a_bad_log_level_is_an_error_naming_the_accepted_ones() {
             out.status.success(),
             "-l {level}: {}",
             String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+/// The five mistakes of issue 14's first hour, each with its exact line:
+/// the position of the culprit and words an operator uses, not serde's.
+#[test]
+fn config_test_mistakes_are_named_at_their_value_in_plain_words() {
+    let dir = tempfile::tempdir().unwrap();
+    let http = |port: &str, downstream: &str| {
+        format!(
+            "{{\n  \"mode\": \"Record\",\n  \"http\": {{\n    \"port\": {port},\n    \"downstream\": \"{downstream}\"\n  }}\n}}\n"
+        )
+    };
+    for (name, text, says) in [
+        (
+            "letter-in-port",
+            http("80a80", "http://127.0.0.1:9000"),
+            "4:15: a number cannot contain `a` (expected a number, then `,` or `}`)",
+        ),
+        (
+            "no-scheme",
+            http("8080", "localhost:9000"),
+            "5:19: http.downstream: `localhost:9000` needs an http:// or https:// scheme, e.g. http://localhost:9000",
+        ),
+        (
+            "port-as-string",
+            http("\"8080\"", "http://127.0.0.1:9000"),
+            "4:13: http.port: expected a port number 1–65535, not the string \"8080\"",
+        ),
+        (
+            "port-too-big",
+            http("70000", "http://127.0.0.1:9000"),
+            "4:13: http.port: expected a port number 1–65535, not 70000",
+        ),
+        (
+            "shards-as-string",
+            "{\"mode\": \"Record\",\n \"sync\": {\"shards\": \"4\", \"enabled\": false}}".into(),
+            "2:21: sync.shards: expected a whole number, not the string \"4\"",
+        ),
+        (
+            "enabled-as-number",
+            "{\"mode\": \"Record\",\n \"sync\": {\"enabled\": 1}}".into(),
+            "2:22: sync.enabled: expected true or false, not 1",
+        ),
+        (
+            "token-as-number",
+            "{\"mode\": \"Record\",\n \"api\": {\"auth_token\": 5}}".into(),
+            "2:24: api.auth_token: expected a string, not 5",
+        ),
+        (
+            "headers-as-string",
+            "{\"mode\": \"Record\",\n \"record\": {\"redact_headers\": \"cookie\"}}".into(),
+            "2:31: record.redact_headers: expected a list of strings such as [\"a\", \"b\"], not the string \"cookie\"",
+        ),
+        (
+            "mode-mistyped",
+            "{\n  \"mode\": \"Recrd\"\n}\n".into(),
+            "2:11: mode: `Recrd` is not accepted: use `Record` or `Playback`",
+        ),
+        (
+            "mode-as-number",
+            "{\n  \"mode\": 1\n}\n".into(),
+            "2:11: mode: expected `Record` or `Playback`, not 1",
+        ),
+        (
+            "empty",
+            String::new(),
+            "1:1: the file is empty: it needs a JSON object such as {\"mode\": \"Record\", …} (config/ holds two to start from)",
+        ),
+        (
+            "blank",
+            "  \n\n".into(),
+            "1:1: the file is empty: it needs a JSON object such as {\"mode\": \"Record\", …} (config/ holds two to start from)",
+        ),
+    ] {
+        let path = dir.path().join(format!("{name}.json"));
+        std::fs::write(&path, &text).unwrap();
+        let out = qproxy(&["-t", "-c", path.to_str().unwrap()]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{name}: {stderr}");
+        assert_eq!(
+            stderr,
+            format!("qproxy: configuration error: {}:{says}\n", path.display()),
+            "{name}"
         );
     }
 }
