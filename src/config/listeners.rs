@@ -3,7 +3,7 @@
 
 use super::*;
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct HttpConfig {
     #[serde(default = "yes")]
@@ -65,7 +65,7 @@ impl HttpConfig {
 
 /// A `grpc` section: accepted so that the original examples load; the gRPC
 /// proxy itself is not built yet and a node says so at start-up.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct GrpcConfig {
     #[serde(default)]
@@ -78,7 +78,7 @@ pub struct GrpcConfig {
 }
 
 /// The raw TCP proxy, with optional TLS on either side.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct TcpConfig {
     #[serde(default = "yes")]
@@ -125,7 +125,7 @@ fn host_port<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
 /// in the original README) for its TLS listeners, and what its outgoing TLS
 /// links trust (`ca`) and present (`client_cert`, `client_key`). Paths are
 /// PEM files, relative to the working directory.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct TlsConfig {
     #[serde(default)]
@@ -143,7 +143,7 @@ pub struct TlsConfig {
     pub client_key: Option<PathBuf>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ApiConfig {
     #[serde(default = "default_host")]
@@ -199,6 +199,14 @@ impl Downstream {
     }
 }
 
+/// `http://host:port` and the path prefix, as written in the config.
+impl fmt::Display for Downstream {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let scheme = self.uri.scheme_str().unwrap_or("http");
+        write!(f, "{scheme}://{}{}", self.authority(), self.path_prefix())
+    }
+}
+
 impl FromStr for Downstream {
     type Err = String;
 
@@ -239,6 +247,12 @@ impl Downstream {
                 "`{s}` is not host:port or an http(s):// URL, e.g. 10.0.0.5:8080 or https://orders.b:8443"
             )),
         }
+    }
+}
+
+impl Serialize for Downstream {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
     }
 }
 

@@ -9,6 +9,7 @@ mod error;
 mod json_path;
 mod jsonc;
 mod listeners;
+mod outline;
 mod playback;
 mod record;
 mod sync;
@@ -16,6 +17,7 @@ mod sync;
 pub use error::ConfigError;
 pub use json_path::JsonPath;
 pub use listeners::*;
+pub use outline::{redact_url, REDACTED};
 pub use playback::*;
 pub use record::*;
 pub use sync::*;
@@ -28,7 +30,7 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde::{Deserialize, Deserializer};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// The role of a node.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -68,7 +70,7 @@ impl fmt::Display for Mode {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     pub mode: Mode,
@@ -117,7 +119,7 @@ fn default_data_dir() -> PathBuf {
     PathBuf::from("./data")
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct LoggingConfig {
     /// A `tracing` filter such as `info` or `qproxy=debug`.
@@ -127,7 +129,7 @@ pub struct LoggingConfig {
     pub format: LogFormat,
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
     #[default]
