@@ -139,8 +139,13 @@ fn main() -> ExitCode {
         let node = match qproxy::node::start_with_tls(config, tls).await {
             Ok(node) => node,
             Err(e) => {
-                tracing::error!("{e}");
-                eprintln!("qproxy: {e}");
+                // Once: in the log's own format, or plainly when the log
+                // is off.
+                if tracing::enabled!(tracing::Level::ERROR) {
+                    tracing::error!("{e}");
+                } else {
+                    eprintln!("qproxy: {e}");
+                }
                 return ExitCode::FAILURE;
             }
         };

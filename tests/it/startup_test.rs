@@ -2,11 +2,68 @@
 //! line, a start-up failure said once, a downstream or a store that is
 //! not there.
 
+use std::net::TcpListener;
+use std::process::Command;
 use std::time::Duration;
 
 use serde_json::json;
 
 use crate::support::{free_port, NodeProcess};
+
+/// A Record node on free ports of its own, logging at the default level.
+fn record_config(data_dir: &std::path::Path, downstream: &str) -> serde_json::Value {
+    json!({
+        "mode": "Record",
+        "http": {"host": "127.0.0.1", "port": free_port(), "downstream": downstream},
+        "api": {"host": "127.0.0.1", "port": free_port()},
+        "data_dir": data_dir,
+    })
+}
+
+fn run_to_exit(config: &serde_json::Value, dir: &std::path::Path) -> (Option<i32>, String) {
+    let path = dir.join("node.json");
+    std::fs::write(&path, serde_json::to_vec_pretty(config).unwrap()).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_qproxy"))
+        .arg("-c")
+        .arg(&path)
+        .output()
+        .expect("qproxy runs");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// A port in use and a data_dir another node holds stop start-up with
+/// exit 1 and one line each, not the same error twice.
+#[test]
+fn startup_test_a_failure_to_start_is_said_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let mut config = record_config(&dir.path().join("a"), "http://127.0.0.1:9");
+    config["http"]["port"] = json!(port);
+    let (code, stderr) = run_to_exit(&config, dir.path());
+    assert_eq!(code, Some(1), "{stderr}");
+    let says = format!("cannot listen on 127.0.0.1:{port} (http proxy)");
+    assert_eq!(stderr.matches(&says).count(), 1, "{stderr}");
+
+    // Two nodes on one data_dir: the second cannot open the store.
+    let shared = dir.path().join("shared");
+    let first = NodeProcess::spawn(
+        &record_config(&shared, "http://127.0.0.1:9"),
+        dir.path(),
+        "first",
+    );
+    first.wait_for_line("ready:", Duration::from_secs(20));
+    let (code, stderr) = run_to_exit(&record_config(&shared, "http://127.0.0.1:9"), dir.path());
+    assert_eq!(code, Some(1), "{stderr}");
+    assert_eq!(
+        stderr.matches("cannot open the store").count(),
+        1,
+        "{stderr}"
+    );
+}
 
 /// One info line once everything is bound, naming the bound addresses,
 /// the mode, the store and the broker in plain words.
