@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use crate::support::{free_port, NodeProcess};
+use crate::support::{free_port, refusing_port, NodeProcess};
 
 /// A Record node on free ports of its own, logging at the default level.
 fn record_config(data_dir: &std::path::Path, downstream: &str) -> serde_json::Value {
@@ -96,4 +96,52 @@ fn startup_test_the_ready_line_names_every_listener_the_store_and_the_broker() {
     let log = node.log();
     assert_eq!(log.matches("ready:").count(), 1, "{log}");
     assert!(!log.contains("Some("), "{log}");
+}
+
+/// A downstream that refuses is a warning at the default level, not a
+/// debug line: once, with the count of those held back later.
+#[tokio::test]
+async fn startup_test_a_failing_downstream_is_a_warning() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_socket, refusing) = refusing_port();
+    let mut config = record_config(dir.path(), &format!("http://{refusing}"));
+    let tcp = free_port();
+    config["tcp"] = json!({"host": "127.0.0.1", "port": tcp, "downstream": refusing.to_string()});
+    let proxy = format!("http://127.0.0.1:{}", config["http"]["port"]);
+    let node = NodeProcess::spawn(&config, dir.path(), "refused");
+    node.wait_for_line("ready:", Duration::from_secs(20));
+    for _ in 0..3 {
+        let request = http::Request::get(format!("{proxy}/orders"))
+            .body(http_body_util::Full::default())
+            .unwrap();
+        let response = crate::support::client().request(request).await.unwrap();
+        assert_eq!(response.status(), http::StatusCode::BAD_GATEWAY);
+    }
+    let line = node.wait_for_line("failed; answering 502", Duration::from_secs(5));
+    assert!(line.contains(" WARN "), "{line}");
+    assert!(
+        line.contains(&format!("downstream {refusing} failed; answering 502"))
+            && line.contains("listener=\"http\"")
+            && line.contains("refused"),
+        "{line}"
+    );
+    // The two after it within 10 s are held back, to be counted in the next line.
+    let log = node.log();
+    assert_eq!(log.matches("answering 502").count(), 1, "{log}");
+
+    // The TCP proxy's downstream too.
+    let _ = tokio::net::TcpStream::connect(("127.0.0.1", tcp))
+        .await
+        .unwrap();
+    let line = node.wait_for_line("cannot be reached", Duration::from_secs(5));
+    assert!(
+        line.contains(" WARN ") && line.contains("listener=\"tcp\""),
+        "{line}"
+    );
+    assert!(
+        line.contains(&format!(
+            "downstream {refusing} cannot be reached; closing the connection"
+        )),
+        "{line}"
+    );
 }
