@@ -223,6 +223,17 @@ async fn run(
         store.clone(),
         shutdown.clone(),
     )));
+    let waits = match config.mode {
+        Mode::Record if config.record.enabled => "records wait in the spool until it is back",
+        Mode::Record => "the sync API fails until it is back",
+        Mode::Playback => "replays wait until it is back",
+    };
+    tasks.push(tokio::spawn(store::check_reachable(
+        store.clone(),
+        config.store_name(),
+        waits,
+        shutdown.clone(),
+    )));
     let fabric = Fabric::start(
         &config,
         broker,

@@ -145,3 +145,27 @@ async fn startup_test_a_failing_downstream_is_a_warning() {
         "{line}"
     );
 }
+
+/// A Record node whose Redis is down says so at start-up, naming the
+/// store without its password, instead of nothing until the first request.
+#[test]
+fn startup_test_an_unreachable_store_is_a_warning_at_start_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_socket, redis) = refusing_port();
+    let mut config = record_config(dir.path(), "http://127.0.0.1:9");
+    config["redis"] = json!({
+        "url": format!("redis://:s3cret-pass@{redis}/0"),
+    });
+    let node = NodeProcess::spawn(&config, dir.path(), "no-redis");
+    let line = node.wait_for_line("store unreachable", Duration::from_secs(5));
+    assert!(line.contains(" WARN "), "{line}");
+    assert!(
+        line.contains(&format!(
+            "store unreachable: redis redis://:[redacted]@{redis}/0"
+        )) && line.contains("records wait in the spool until it is back"),
+        "{line}"
+    );
+    assert!(line.contains("refused"), "the error is named: {line}");
+    let log = node.log();
+    assert!(!log.contains("s3cret"), "{log}");
+}
