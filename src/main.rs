@@ -114,6 +114,13 @@ fn main() -> ExitCode {
                 "embedded"
             }
         );
+        for (part, what) in config.outline(None) {
+            println!("  {part:<6} {what}");
+        }
+        if cli.verbose {
+            println!("effective configuration (passwords and tokens redacted):");
+            println!("{}", config.effective_json());
+        }
         return ExitCode::SUCCESS;
     }
     init_tracing(&directive, &config.logging);

@@ -4,8 +4,6 @@
 
 use std::net::SocketAddr;
 
-use serde_json::Value;
-
 use super::*;
 
 /// Shown in place of a password or a token.
@@ -90,29 +88,28 @@ impl Config {
         }
     }
 
-    /// The configuration in force, defaults filled in, as JSON; passwords
-    /// and tokens are [`REDACTED`] (file paths, such as `tls.tls_key`, are
-    /// shown: they are not the key).
-    pub fn effective_json(&self) -> Value {
-        let mut value = serde_json::to_value(self).expect("a config always serializes");
-        for secret in [
-            &["api", "auth_token"][..],
-            &["sync", "peer", "auth_token"],
-            &["mqtt", "token"],
-        ] {
-            if let Some(slot) = pointer(&mut value, secret).filter(|v| !v.is_null()) {
-                *slot = Value::from(REDACTED);
+    /// The configuration in force, defaults filled in, as pretty JSON in
+    /// the file's key order; passwords and tokens are [`REDACTED`] (file
+    /// paths, such as `tls.tls_key`, are shown: they are not the key).
+    pub fn effective_json(&self) -> String {
+        let mut shown = self.clone();
+        let hide = |secret: &mut Option<String>| {
+            if secret.is_some() {
+                *secret = Some(REDACTED.into());
             }
+        };
+        hide(&mut shown.api.auth_token);
+        if let Some(peer) = &mut shown.sync.peer {
+            hide(&mut peer.auth_token);
         }
-        if let Some(Value::String(url)) = pointer(&mut value, &["redis", "url"]) {
-            *url = redact_url(url);
+        if let Some(mqtt) = &mut shown.mqtt {
+            hide(&mut mqtt.token);
         }
-        value
+        if let Some(redis) = &mut shown.redis {
+            redis.url = redact_url(&redis.url);
+        }
+        serde_json::to_string_pretty(&shown).expect("a config always serializes")
     }
-}
-
-fn pointer<'a>(value: &'a mut Value, path: &[&str]) -> Option<&'a mut Value> {
-    path.iter().try_fold(value, |v, key| v.get_mut(*key))
 }
 
 /// `url` with its password (`redis://user:secret@host`, or

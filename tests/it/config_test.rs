@@ -354,3 +354,93 @@ fn config_test_mistakes_are_named_at_their_value_in_plain_words() {
         );
     }
 }
+
+const FULL_PLAYBACK: &str = r#"{"mode": "Playback",
+  "http": {"host": "127.0.0.1", "port": 9080, "downstream": "http://127.0.0.1:9081"},
+  "tcp": {"host": "127.0.0.1", "port": 9090, "downstream": "127.0.0.1:9091"},
+  "api": {"host": "127.0.0.1", "port": 9084, "auth_token": "api-token-0123456789"},
+  "sync": {"enabled": true, "peer_id": "zone-b",
+           "peer": {"host": "10.0.0.1", "port": 8084, "auth_token": "peer-token-0123456789"}},
+  "redis": {"url": "redis://qproxy:redis-pass@10.0.0.2:6379/0"},
+  "mqtt": {"host": "10.0.0.3", "port": 1883, "app_id": "qproxy", "token": "mqtt-token"}}"#;
+
+const SECRETS: [&str; 4] = [
+    "api-token-0123456789",
+    "peer-token-0123456789",
+    "redis-pass",
+    "mqtt-token",
+];
+
+/// `-t` names what the node would run: mode, each listener with its
+/// downstream, the store and the broker (and a Playback node's peer), and
+/// no secret.
+#[test]
+fn config_test_check_names_listeners_downstreams_store_and_broker() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("full.json");
+    std::fs::write(&path, FULL_PLAYBACK).unwrap();
+    let out = qproxy(&["-t", "-c", path.to_str().unwrap()]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        stdout,
+        format!(
+            "{}: ok (Playback node, 1 shard(s), store: redis)
+  mode   Playback
+  http   127.0.0.1:9080 -> http://127.0.0.1:9081
+  tcp    127.0.0.1:9090 -> 127.0.0.1:9091
+  api    127.0.0.1:9084
+  store  redis redis://qproxy:[redacted]@10.0.0.2:6379/0
+  mqtt   10.0.0.3:1883
+  peer   10.0.0.1:8084 as zone-b
+",
+            path.display()
+        )
+    );
+}
+
+/// `-t -v` adds the whole effective configuration (defaults filled in)
+/// as JSON, passwords and tokens redacted.
+#[test]
+fn config_test_check_verbose_prints_the_effective_config_without_secrets() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("full.json");
+    std::fs::write(&path, FULL_PLAYBACK).unwrap();
+    let short = qproxy(&["-t", "-c", path.to_str().unwrap()]);
+    let out = qproxy(&["-t", "-v", "-c", path.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let summary = String::from_utf8_lossy(&short.stdout);
+    let json = stdout
+        .strip_prefix(summary.as_ref())
+        .and_then(|rest| {
+            rest.strip_prefix("effective configuration (passwords and tokens redacted):\n")
+        })
+        .unwrap_or_else(|| panic!("-t's lines, then the JSON:\n{stdout}"));
+    let config: serde_json::Value = serde_json::from_str(json).expect(json);
+    assert_eq!(config["api"]["auth_token"], "[redacted]");
+    assert_eq!(config["sync"]["peer"]["auth_token"], "[redacted]");
+    assert_eq!(config["mqtt"]["token"], "[redacted]");
+    assert_eq!(
+        config["redis"]["url"],
+        "redis://qproxy:[redacted]@10.0.0.2:6379/0"
+    );
+    // Defaults are filled in; names are the config's own.
+    assert_eq!(config["mode"], "Playback");
+    assert_eq!(config["http"]["downstream"], "http://127.0.0.1:9081");
+    assert_eq!(config["http"]["max_connections"], 20000);
+    assert_eq!(config["sync"]["interval"], 1000);
+    assert_eq!(config["record"]["spool"], "disk");
+    assert_eq!(config["data_dir"], "./data");
+    for secret in SECRETS {
+        assert!(!stdout.contains(secret), "{secret} in\n{stdout}");
+    }
+}
