@@ -157,6 +157,26 @@ fn help_and_version() {
     ] {
         assert!(help.contains(flag), "{flag} in\n{help}");
     }
+    // What it says is true: two stores, sync over HTTP or MQTT, what -t
+    // and -t -v print, the levels and where a level comes from.
+    let help = help.split_whitespace().collect::<Vec<_>>().join(" ");
+    for claim in [
+        "an HTTP, gRPC and TCP proxy that records into Redis Streams or an embedded store, synced over HTTP or MQTT",
+        "error, warn, info, debug, trace or off",
+        "[default: info, debug with -v; when not given: RUST_LOG, then logging.level]",
+        "with -t, also the whole effective configuration as JSON, passwords and tokens redacted",
+        "Check the configuration, print what it runs (listeners, downstreams, store, MQTT broker) and exit: 0 when it is valid, 2 when not",
+        "runs until Ctrl-C",
+    ] {
+        assert!(help.contains(claim), "{claim:?} in\n{help}");
+    }
+    let out = qproxy(&["demo", "--help"]);
+    let help = String::from_utf8_lossy(&out.stdout);
+    let help = help.split_whitespace().collect::<Vec<_>>().join(" ");
+    assert!(
+        help.contains("a taken one is replaced by a free one anyway"),
+        "{help}"
+    );
     let out = qproxy(&["-V"]);
     assert_eq!(
         String::from_utf8_lossy(&out.stdout).trim(),
