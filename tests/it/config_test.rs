@@ -464,3 +464,20 @@ fn config_test_check_verbose_prints_the_effective_config_without_secrets() {
         assert!(!stdout.contains(secret), "{secret} in\n{stdout}");
     }
 }
+
+/// The README shows what `qproxy -t` prints for config/record.json.
+#[test]
+fn config_test_the_readme_shows_real_check_output() {
+    let out = Command::new(env!("CARGO_BIN_EXE_qproxy"))
+        .args(["-t", "-c", "config/record.json"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let readme = std::fs::read_to_string(repo("README.md")).unwrap();
+    assert!(
+        readme.contains(&format!("```\n{stdout}```\n")),
+        "README shows:\n{stdout}"
+    );
+}
