@@ -251,3 +251,57 @@ fn bare_word_at(text: &str, line: usize, column: usize) -> Option<&str> {
     let is_literal = matches!(word, "null" | "true" | "false");
     (!word.is_empty() && word.chars().next()?.is_ascii_alphabetic() && !is_literal).then_some(word)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn serde_words_become_the_operators() {
+        for (message, key, said) in [
+            (
+                "invalid type: string \"80\", expected u16",
+                "api.port",
+                "expected a port number 1–65535, not the string \"80\"",
+            ),
+            (
+                "invalid value: integer `-1`, expected u32",
+                "sync.shards",
+                "expected a whole number, not -1",
+            ),
+            (
+                "invalid type: floating point `1.5`, expected u64",
+                "sync.interval",
+                "expected a whole number, not 1.5",
+            ),
+            (
+                "invalid type: map, expected a sequence",
+                "playback.retry_statuses",
+                "expected a list of numbers such as [502, 503], not an object",
+            ),
+            (
+                "invalid type: null, expected struct PeerConfig",
+                "sync.peer",
+                "expected an object {…}, not null",
+            ),
+            (
+                "unknown variant `Recrd`, expected one of `RECORD`, `Record`, `record`, `playback`, `Playback`",
+                "mode",
+                "`Recrd` is not accepted: use `Record` or `Playback`",
+            ),
+            (
+                "unknown variant `slow`, expected `fast` or `recorded`",
+                "playback.tcp_pacing",
+                "`slow` is not accepted: use `fast` or `recorded`",
+            ),
+            (
+                "missing field `port`",
+                "http",
+                "the key `port` is required here",
+            ),
+            ("something else", "x", "something else"),
+        ] {
+            assert_eq!(in_words(message, key), said, "{message}");
+        }
+    }
+}
