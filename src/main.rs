@@ -26,7 +26,13 @@ fn limit_huge_pages() {
 
 /// Record traffic in one network zone and replay it in another.
 #[derive(Debug, Parser)]
-#[command(name = "qproxy", version, about)]
+#[command(
+    name = "qproxy",
+    version,
+    about = "Record traffic in one network zone and replay it in another: an HTTP, gRPC and \
+             TCP proxy that records into Redis Streams or an embedded store, synced over \
+             HTTP or MQTT"
+)]
 struct Cli {
     /// Configuration file (JSON; comments and trailing commas allowed).
     #[arg(
@@ -38,17 +44,20 @@ struct Cli {
     )]
     config: PathBuf,
 
-    /// Log level or filter: error, warn, info, debug, trace, or e.g. qproxy=debug
-    /// [default: info; RUST_LOG is used when this is not given]
+    /// Log level or filter: error, warn, info, debug, trace or off, or target=level
+    /// pairs such as info,qproxy=debug [default: info, debug with -v; when not given:
+    /// RUST_LOG, then logging.level]
     #[arg(short, long, value_name = "LEVEL")]
     log_level: Option<String>,
 
-    /// Verbose output: debug logs (unless a level is given) and the loaded
-    /// configuration at start-up.
+    /// Debug logs (unless a level is given) and a summary of the configuration
+    /// in the log at start-up; with -t, also the whole effective configuration
+    /// as JSON, passwords and tokens redacted.
     #[arg(short, long)]
     verbose: bool,
 
-    /// Check the configuration file, print a summary and exit.
+    /// Check the configuration, print what it runs (listeners, downstreams,
+    /// store, MQTT broker) and exit: 0 when it is valid, 2 when not.
     #[arg(short = 't', long = "check-config")]
     check_config: bool,
 
@@ -60,9 +69,11 @@ struct Cli {
 enum Command {
     /// Run a Record and a Playback node, an embedded MQTT broker and two
     /// sample services in this process, send sample traffic, and show what
-    /// was recorded, replayed and matched. Needs nothing installed.
+    /// was recorded, replayed and matched. Needs nothing installed; runs
+    /// until Ctrl-C.
     Demo {
-        /// Let the system pick every port instead of 8080/8084/1883/9080/9084.
+        /// Let the system pick every port instead of 8080, 8084, 1883, 9080
+        /// and 9084 (a taken one is replaced by a free one anyway).
         #[arg(long)]
         any_ports: bool,
     },
@@ -114,6 +125,13 @@ fn main() -> ExitCode {
                 "embedded"
             }
         );
+        for (part, what) in config.outline(None) {
+            println!("  {part:<6} {what}");
+        }
+        if cli.verbose {
+            println!("effective configuration (passwords and tokens redacted):");
+            println!("{}", config.effective_json());
+        }
         return ExitCode::SUCCESS;
     }
     init_tracing(&directive, &config.logging);
@@ -139,8 +157,13 @@ fn main() -> ExitCode {
         let node = match qproxy::node::start_with_tls(config, tls).await {
             Ok(node) => node,
             Err(e) => {
-                tracing::error!("{e}");
-                eprintln!("qproxy: {e}");
+                // Once: in the log's own format, or plainly when the log
+                // is off.
+                if tracing::enabled!(tracing::Level::ERROR) {
+                    tracing::error!("{e}");
+                } else {
+                    eprintln!("qproxy: {e}");
+                }
                 return ExitCode::FAILURE;
             }
         };

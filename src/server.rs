@@ -46,9 +46,10 @@ use crate::tls::{Stream, TlsAcceptor};
 /// while accepts keep failing.
 const FIRST_BACKOFF: Duration = Duration::from_millis(10);
 const MAX_BACKOFF: Duration = Duration::from_secs(1);
-/// At most one log line this often about refused connections or failed
-/// accepts per listener: a flood must not flood the log too.
-const LOG_EVERY: Duration = Duration::from_secs(10);
+/// At most one log line this often per listener about refused
+/// connections, failed accepts, or a failing downstream: a flood must not
+/// flood the log too.
+pub const LOG_EVERY: Duration = Duration::from_secs(10);
 
 /// A bound listener with a limit on the connections it serves at once.
 pub struct Listener {
@@ -136,16 +137,17 @@ impl Listener {
     }
 }
 
-/// Lets one event through every `every`, and counts those held back.
+/// Lets one event through every `every`, and counts those held back: a
+/// flood of the same failure logs a line now and then, with a count.
 #[derive(Debug)]
-struct LogLimiter {
+pub struct LogLimiter {
     every: Duration,
     last: Option<Instant>,
     held: u64,
 }
 
 impl LogLimiter {
-    fn new(every: Duration) -> LogLimiter {
+    pub fn new(every: Duration) -> LogLimiter {
         LogLimiter {
             every,
             last: None,
@@ -155,7 +157,7 @@ impl LogLimiter {
 
     /// `Some(events held back since the last one let through)` when this
     /// one may be logged.
-    fn allow(&mut self, now: Instant) -> Option<u64> {
+    pub fn allow(&mut self, now: Instant) -> Option<u64> {
         match self.last {
             Some(last) if now.saturating_duration_since(last) < self.every => {
                 self.held += 1;

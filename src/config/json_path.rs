@@ -1,7 +1,9 @@
 //! JSON paths in the config (`playback.ignore_json_paths`): parsed when the
 //! config is read, so a bad one is reported at its line and column.
 
-use serde::{Deserialize, Deserializer};
+use std::fmt;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::Value;
 
 /// A JSON path left out of comparisons: `$.a.b`, `$.items[*].id`, `$.list[0]`.
@@ -94,6 +96,27 @@ fn remove_at(value: &mut Value, steps: &[Step]) {
     }
 }
 
+/// The path as written: `$.items[*].id`.
+impl fmt::Display for JsonPath {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("$")?;
+        for step in &self.0 {
+            match step {
+                Step::Key(key) => write!(f, ".{key}")?,
+                Step::Index(i) => write!(f, "[{i}]")?,
+                Step::Every => f.write_str("[*]")?,
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Serialize for JsonPath {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
 impl<'de> Deserialize<'de> for JsonPath {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let text = String::deserialize(d)?;
@@ -116,6 +139,9 @@ mod tests {
                 Step::Key("b".into())
             ])
         );
+        for text in ["$.a[2][*].b", "$.items[*].id", "$.x"] {
+            assert_eq!(JsonPath::parse(text).unwrap().to_string(), text);
+        }
         for bad in ["a.b", "$", "$..a", "$.a[", "$.a[x]", "$a"] {
             let e = JsonPath::parse(bad).unwrap_err();
             assert!(e.contains(bad), "{e}");

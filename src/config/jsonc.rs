@@ -125,29 +125,6 @@ pub fn position(src: &[u8], offset: usize) -> (usize, usize) {
     (line, chars(&src[line_start..offset]) + 1)
 }
 
-/// The character column of `serde_json`'s 1-based byte column on `line`:
-/// the column of the character that holds that byte.
-pub fn char_column(src: &[u8], line: usize, byte_column: usize) -> usize {
-    let Some(target) = byte_column.checked_sub(1) else {
-        return 0;
-    };
-    let line_start = match line.checked_sub(1) {
-        Some(0) | None => 0,
-        Some(n) => match src
-            .iter()
-            .enumerate()
-            .filter(|(_, &b)| b == b'\n')
-            .nth(n - 1)
-        {
-            Some((i, _)) => i + 1,
-            None => return byte_column,
-        },
-    };
-    let end = line_start.saturating_add(target).saturating_add(1);
-    let within = end.min(src.len());
-    chars(&src[line_start.min(within)..within]) + (end - within)
-}
-
 /// Characters in UTF-8 bytes: every byte that does not continue one.
 fn chars(bytes: &[u8]) -> usize {
     bytes.iter().filter(|&&b| b & 0xc0 != 0x80).count()
@@ -191,6 +168,143 @@ pub fn key_offset(json: &str, path: &[&str]) -> Option<usize> {
         }
     }
     None
+}
+
+/// The byte offset of `serde_json`'s 1-based `line` and byte `column`
+/// (column 0: the start of the line).
+pub fn offset_of(src: &[u8], line: usize, column: usize) -> usize {
+    let line_start = match line.checked_sub(1) {
+        Some(0) | None => 0,
+        Some(n) => src
+            .iter()
+            .enumerate()
+            .filter(|(_, &b)| b == b'\n')
+            .nth(n - 1)
+            .map_or(src.len(), |(i, _)| i + 1),
+    };
+    (line_start + column.saturating_sub(1)).min(src.len())
+}
+
+/// Where the value that `serde_json` reports a data error about starts.
+/// It reports a wrong type at the value's last byte, and an error of a
+/// value's own `Deserialize` (a downstream without a scheme) only once it
+/// has also read the blanks and the `}` or `]` after it: both lead back to
+/// the string, number or literal. Before an object or array, its opening
+/// bracket. `None` when `offset` is at none of these.
+pub fn value_start(src: &[u8], offset: usize) -> Option<usize> {
+    let mut end = offset.min(src.len().checked_sub(1)?);
+    if src[end].is_ascii_whitespace() {
+        let next = skip_blank(src, end);
+        if matches!(src.get(next), Some(b'{' | b'[')) {
+            return Some(next);
+        }
+    }
+    if matches!(src[end], b'}' | b']') {
+        end = end.checked_sub(1)?;
+    }
+    while src[end].is_ascii_whitespace() {
+        end = end.checked_sub(1)?;
+    }
+    if src[end] == b'"' {
+        return string_ending_at(src, end);
+    }
+    if is_scalar_byte(src[end]) {
+        let start = src[..end]
+            .iter()
+            .rposition(|&b| !is_scalar_byte(b))
+            .map_or(0, |i| i + 1);
+        return Some(start);
+    }
+    None
+}
+
+/// A byte of a number or of `true`, `false`, `null`.
+fn is_scalar_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'.' | b'+' | b'-')
+}
+
+/// The start of the string literal whose closing quote is at `end`.
+fn string_ending_at(src: &[u8], end: usize) -> Option<usize> {
+    let mut i = 0;
+    while i <= end {
+        if src[i] == b'"' {
+            let after = skip_string(src, i);
+            if after == end + 1 {
+                return Some(i);
+            }
+            i = after;
+        } else {
+            i += 1;
+        }
+    }
+    None
+}
+
+/// The keys that lead to `offset` in plain JSON, joined by dots
+/// (`http.port`); list positions are left out. Empty at the top level.
+pub fn key_path_at(src: &[u8], offset: usize) -> String {
+    // Each open object with the key whose value is being read.
+    let mut frames: Vec<Option<String>> = Vec::new();
+    let mut in_object: Vec<bool> = Vec::new();
+    let mut expect_key = false;
+    let mut i = 0;
+    let offset = offset.min(src.len());
+    while i < offset {
+        match src[i] {
+            b'"' => {
+                let end = skip_string(src, i);
+                if expect_key && in_object.last() == Some(&true) {
+                    let key = src.get(i + 1..end.saturating_sub(1)).unwrap_or_default();
+                    if let Some(frame) = frames.last_mut() {
+                        *frame = Some(String::from_utf8_lossy(key).into_owned());
+                    }
+                    expect_key = false;
+                } else if in_object.last() == Some(&true) && end <= offset {
+                    // A string value read in full: its key is done.
+                    if let Some(frame) = frames.last_mut() {
+                        *frame = None;
+                    }
+                }
+                i = end;
+                continue;
+            }
+            b'{' => {
+                frames.push(None);
+                in_object.push(true);
+                expect_key = true;
+            }
+            b'[' => {
+                frames.push(None);
+                in_object.push(false);
+            }
+            b'}' | b']' => {
+                frames.pop();
+                in_object.pop();
+                if in_object.last() == Some(&true) {
+                    if let Some(frame) = frames.last_mut() {
+                        *frame = None;
+                    }
+                }
+            }
+            b',' => expect_key = in_object.last() == Some(&true),
+            b if is_scalar_byte(b) => {
+                let end = src[i..]
+                    .iter()
+                    .position(|&b| !is_scalar_byte(b))
+                    .map_or(src.len(), |n| i + n);
+                if end <= offset && in_object.last() == Some(&true) {
+                    if let Some(frame) = frames.last_mut() {
+                        *frame = None;
+                    }
+                }
+                i = end;
+                continue;
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    frames.into_iter().flatten().collect::<Vec<_>>().join(".")
 }
 
 fn skip_blank(src: &[u8], mut i: usize) -> usize {
@@ -305,12 +419,8 @@ mod tests {
         let src = "{\n \u{201c}a\u{201d}: \"\u{6570}\", x}".as_bytes();
         let x = src.iter().position(|&b| b == b'x').unwrap();
         assert_eq!(position(src, x), (2, 12));
-        let line_start = 2;
-        assert_eq!(char_column(src, 2, x - line_start + 1), 12);
-        // A byte inside a character is that character's column.
-        assert_eq!(char_column(src, 2, 3), 2);
-        assert_eq!(char_column(src, 2, 2), 2);
-        assert_eq!(char_column(src, 1, 0), 0);
+        assert_eq!(offset_of(src, 2, x - 2 + 1), x);
+        assert_eq!(offset_of(src, 2, 0), 2);
     }
 
     #[test]
@@ -325,6 +435,31 @@ mod tests {
         assert_eq!(at(&["z"]), None);
         for end in 0..json.len() {
             let _ = key_offset(&json[..end], &["sync", "shards"]);
+        }
+    }
+
+    #[test]
+    fn a_value_is_found_from_where_serde_json_stops() {
+        let json =
+            r#"{"http": {"port": "80", "downstream": "x:1" }, "list": ["$", "y"], "n": 700}"#;
+        let src = json.as_bytes();
+        let start = |needle: &str| json.find(needle).unwrap();
+        // A wrong type: at the value's last byte.
+        assert_eq!(value_start(src, start("80\"") + 2), Some(start("\"80")));
+        assert_eq!(value_start(src, start("700") + 2), Some(start("700")));
+        // A value's own error: past the blanks and the `}` or `]` after it.
+        assert_eq!(value_start(src, start(" },") + 1), Some(start("\"x:1")));
+        assert_eq!(value_start(src, start("]")), Some(start("\"y")));
+        // Before an object: its bracket.
+        assert_eq!(value_start(src, start(" {")), Some(start("{\"port")));
+        assert_eq!(key_path_at(src, start("\"80")), "http.port");
+        assert_eq!(key_path_at(src, start("\"x:1")), "http.downstream");
+        assert_eq!(key_path_at(src, start(" },") + 1), "http");
+        assert_eq!(key_path_at(src, start("\"y")), "list");
+        assert_eq!(key_path_at(src, start("700")), "n");
+        assert_eq!(key_path_at(src, 0), "");
+        for end in 0..=json.len() {
+            let _ = (value_start(src, end), key_path_at(src, end));
         }
     }
 

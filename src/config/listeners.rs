@@ -3,7 +3,7 @@
 
 use super::*;
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct HttpConfig {
     #[serde(default = "yes")]
@@ -66,7 +66,7 @@ impl HttpConfig {
 /// The gRPC proxy: HTTP/2 (h2c, or TLS with ALPN `h2`) in, calls spread
 /// round robin over `downstream`. On a Playback node `downstream` is where
 /// gRPC calls are replayed.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct GrpcConfig {
     #[serde(default = "yes")]
@@ -121,7 +121,7 @@ fn grpc_downstreams<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Downstream>, 
 }
 
 /// The raw TCP proxy, with optional TLS on either side.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct TcpConfig {
     #[serde(default = "yes")]
@@ -168,7 +168,7 @@ fn host_port<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
 /// in the original README) for its TLS listeners, and what its outgoing TLS
 /// links trust (`ca`) and present (`client_cert`, `client_key`). Paths are
 /// PEM files, relative to the working directory.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct TlsConfig {
     #[serde(default)]
@@ -186,7 +186,7 @@ pub struct TlsConfig {
     pub client_key: Option<PathBuf>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ApiConfig {
     #[serde(default = "default_host")]
@@ -242,6 +242,14 @@ impl Downstream {
     }
 }
 
+/// `http://host:port` and the path prefix, as written in the config.
+impl fmt::Display for Downstream {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let scheme = self.uri.scheme_str().unwrap_or("http");
+        write!(f, "{scheme}://{}{}", self.authority(), self.path_prefix())
+    }
+}
+
 impl FromStr for Downstream {
     type Err = String;
 
@@ -282,6 +290,12 @@ impl Downstream {
                 "`{s}` is not host:port or an http(s):// URL, e.g. 10.0.0.5:8080 or https://orders.b:8443"
             )),
         }
+    }
+}
+
+impl Serialize for Downstream {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
     }
 }
 

@@ -9,6 +9,7 @@ mod error;
 mod json_path;
 mod jsonc;
 mod listeners;
+mod outline;
 mod playback;
 mod record;
 mod sync;
@@ -16,11 +17,12 @@ mod sync;
 pub use error::ConfigError;
 pub use json_path::JsonPath;
 pub use listeners::*;
+pub use outline::{redact_url, REDACTED};
 pub use playback::*;
 pub use record::*;
 pub use sync::*;
 
-use error::explain;
+use error::serde_error;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -28,15 +30,35 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde::{Deserialize, Deserializer};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// The role of a node.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub enum Mode {
-    #[serde(alias = "record", alias = "RECORD")]
     Record,
-    #[serde(alias = "playback", alias = "PLAYBACK")]
     Playback,
+}
+
+/// `Record` or `Playback`, also all small or all capital letters; the
+/// error names the two once each.
+impl<'de> Deserialize<'de> for Mode {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Names;
+        impl serde::de::Visitor<'_> for Names {
+            type Value = Mode;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("`Record` or `Playback`")
+            }
+            fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<Mode, E> {
+                match s {
+                    "Record" | "record" | "RECORD" => Ok(Mode::Record),
+                    "Playback" | "playback" | "PLAYBACK" => Ok(Mode::Playback),
+                    _ => Err(E::unknown_variant(s, &["Record", "Playback"])),
+                }
+            }
+        }
+        d.deserialize_str(Names)
+    }
 }
 
 impl fmt::Display for Mode {
@@ -48,7 +70,7 @@ impl fmt::Display for Mode {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     pub mode: Mode,
@@ -97,7 +119,7 @@ fn default_data_dir() -> PathBuf {
     PathBuf::from("./data")
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct LoggingConfig {
     /// A `tracing` filter such as `info` or `qproxy=debug`.
@@ -107,7 +129,7 @@ pub struct LoggingConfig {
     pub format: LogFormat,
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
     #[default]
@@ -171,12 +193,18 @@ impl Config {
             column: e.column,
             message: e.to_string(),
         })?;
-        let mut config: Config = serde_json::from_str(&plain).map_err(|e| ConfigError::Syntax {
-            path: path.to_owned(),
-            line: e.line(),
-            column: jsonc::char_column(text.as_bytes(), e.line(), e.column()),
-            message: explain(&e, &plain),
-        })?;
+        if plain.trim().is_empty() {
+            return Err(ConfigError::Syntax {
+                path: path.to_owned(),
+                line: 1,
+                column: 1,
+                message: "the file is empty: it needs a JSON object such as \
+                          {\"mode\": \"Record\", …} (config/ holds two to start from)"
+                    .into(),
+            });
+        }
+        let mut config: Config =
+            serde_json::from_str(&plain).map_err(|e| serde_error(path, text, &plain, &e))?;
         config.source = Some(Arc::new(Source {
             path: path.to_owned(),
             text: text.to_owned(),
@@ -722,7 +750,7 @@ mod tests {
     #[test]
     fn unknown_keys_are_refused() {
         let err = parse("{\"mode\": \"Record\", \"modee\": 1}").unwrap_err();
-        assert!(err.to_string().contains("unknown field `modee`"), "{err}");
+        assert!(err.to_string().contains("unknown key `modee`"), "{err}");
     }
 
     #[test]
@@ -735,7 +763,10 @@ mod tests {
         assert!(text.starts_with("test.json:2:"), "{text}");
         assert!(text.contains("70000"), "{text}");
         let err = parse("{\"mode\": \"Record\", \"sync\": {\"shards\": \"4\"}}").unwrap_err();
-        assert!(err.to_string().contains("expected u32"), "{err}");
+        assert_eq!(
+            err.to_string(),
+            "test.json:1:39: sync.shards: expected a whole number, not the string \"4\""
+        );
     }
 
     #[test]

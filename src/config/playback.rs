@@ -2,7 +2,7 @@
 
 use super::*;
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct PlaybackConfig {
     /// Time allowed for one replayed request, in milliseconds.
@@ -64,7 +64,7 @@ impl Default for PlaybackConfig {
 /// `fast`: each client chunk as soon as the server bytes before it have
 /// arrived. `recorded`: also no earlier than its recorded offset from the
 /// start of the session, so the recorded gaps are kept.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum TcpPacing {
     #[default]
@@ -74,7 +74,7 @@ pub enum TcpPacing {
 
 /// The `service_discovery` section of the original README. Parsed and
 /// checked; replay targets come from the node's own downstream for now.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServiceDiscoveryConfig {
     pub provider: DiscoveryProvider,
@@ -82,7 +82,7 @@ pub struct ServiceDiscoveryConfig {
     pub config: DiscoverySettings,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum DiscoveryProvider {
     Static,
@@ -90,7 +90,7 @@ pub enum DiscoveryProvider {
     Kubernetes,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct DiscoverySettings {
     #[serde(default)]
@@ -101,21 +101,21 @@ pub struct DiscoverySettings {
     pub kubernetes: Option<KubernetesSettings>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct StaticService {
     pub name: String,
     pub endpoints: Vec<String>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ZookeeperSettings {
     pub address: String,
     pub base_path: String,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct KubernetesSettings {
     pub namespace: String,

@@ -2,7 +2,7 @@
 
 use super::*;
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct SyncConfig {
     /// On a Playback node: pull and replay. A Record node always serves the
@@ -54,7 +54,7 @@ impl SyncConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct PeerConfig {
     #[serde(default = "default_host")]
@@ -73,7 +73,7 @@ pub struct PeerConfig {
 }
 
 /// The `mqtt` section: the sync fabric's broker and this node's client.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct MqttSection {
     #[serde(default = "yes")]
@@ -112,7 +112,7 @@ pub struct MqttSection {
     pub tls: bool,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct EmbeddedBrokerConfig {
     #[serde(default)]

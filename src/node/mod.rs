@@ -149,7 +149,13 @@ pub async fn start_with_tls(
     let broker_addr = broker.map(|b| b.addr);
     let shutdown = CancellationToken::new();
     let mode = config.mode;
-    info!(%mode, http = ?http_addr, grpc = ?grpc_addr, api = %api_addr, store = %store.describe(), "node starting");
+    let mut bound = Vec::new();
+    bound.extend(http_addr.map(|a| ("http", a)));
+    bound.extend(grpc_addr.map(|a| ("grpc", a)));
+    bound.extend(tcp_addr.map(|a| ("tcp", a)));
+    bound.push(("api", api_addr));
+    bound.extend(broker_addr.map(|a| ("mqtt", a)));
+    info!("ready: {}", ready_line(&config, &bound));
     let listeners = Listeners {
         http,
         tcp,
@@ -170,6 +176,19 @@ pub async fn start_with_tls(
         shutdown,
         task,
     })
+}
+
+/// Every listener at its bound address, the mode, the store and the
+/// broker, in words and with no secret: `mode Record, http 127.0.0.1:8080
+/// -> http://127.0.0.1:8081, api 127.0.0.1:8084, store embedded ./data,
+/// mqtt off`.
+fn ready_line(config: &Config, bound: &[(&str, SocketAddr)]) -> String {
+    config
+        .outline(Some(bound))
+        .iter()
+        .map(|(part, what)| format!("{part} {what}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn warn_unbuilt(config: &Config) {
@@ -211,6 +230,17 @@ async fn run(
     let mut tasks: Vec<JoinHandle<()>> = Vec::new();
     tasks.push(tokio::spawn(store::watch_persistence(
         store.clone(),
+        shutdown.clone(),
+    )));
+    let waits = match config.mode {
+        Mode::Record if config.record.enabled => "records wait in the spool until it is back",
+        Mode::Record => "the sync API fails until it is back",
+        Mode::Playback => "replays wait until it is back",
+    };
+    tasks.push(tokio::spawn(store::check_reachable(
+        store.clone(),
+        config.store_name(),
+        waits,
         shutdown.clone(),
     )));
     let fabric = Fabric::start(

@@ -12,7 +12,7 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -25,7 +25,7 @@ use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use metrics::counter;
-use tracing::debug;
+use tracing::{debug, warn};
 
 use super::headers::{append_forwarded_for, strip_hop_by_hop};
 use crate::config::Downstream;
@@ -34,7 +34,7 @@ use crate::metrics as m;
 use crate::record::capture::{Capture, Side, TeeBody};
 use crate::record::exchange::BodyBuf;
 use crate::record::recorder::Recorder;
-use crate::server::Handler;
+use crate::server::{Handler, LogLimiter, LOG_EVERY};
 
 pub type ResponseBody = Either<TeeBody<Incoming>, Full<Bytes>>;
 
@@ -57,6 +57,8 @@ struct Inner {
     body_min_rate: u64,
     /// `http.service`, stored in each record (else the request's host).
     service: Option<Arc<str>>,
+    /// One warning per [`LOG_EVERY`] about a failing downstream.
+    failures: Mutex<LogLimiter>,
 }
 
 /// What `http.body_timeout_ms` is by default.
@@ -83,6 +85,7 @@ impl HttpProxy {
                 body_timeout: BODY_TIMEOUT,
                 body_min_rate: 0,
                 service: None,
+                failures: Mutex::new(LogLimiter::new(LOG_EVERY)),
             }),
         }
     }
@@ -399,7 +402,15 @@ impl Handler<ResponseBody> for HttpProxy {
             Err(e) => {
                 let reason = root_cause(&e);
                 let authority = inner.downstream.authority();
-                debug!(client = %client, downstream = %authority, error = %reason, "downstream failed");
+                let held = inner
+                    .failures
+                    .lock()
+                    .map_or(None, |mut l| l.allow(Instant::now()));
+                if let Some(held) = held {
+                    warn!(listener = "http", client = %client, error = %reason,
+                        failed_since_last_line = held,
+                        "downstream {authority} failed; answering 502");
+                }
                 inner.metrics.request(&method, 502);
                 counter!(m::HTTP_ERRORS_TOTAL, "kind" => "downstream").increment(1);
                 if let Some(capture) = capture {

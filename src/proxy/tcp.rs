@@ -18,13 +18,13 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{debug, debug_span, Instrument};
+use tracing::{debug, debug_span, warn, Instrument};
 
 use crate::downstream::TcpTarget;
 use crate::metrics as m;
 use crate::record::recorder::Recorder;
 use crate::record::{Body, Exchange, Record, TcpChunk, TcpSession};
-use crate::server::Listener;
+use crate::server::{Listener, LogLimiter, LOG_EVERY};
 use crate::tls::{Stream, TlsAcceptor};
 
 const BUFFER: usize = 64 << 10;
@@ -36,6 +36,8 @@ pub struct TcpProxy {
     recorder: Option<Recorder>,
     /// `tcp.service`, stored in each record.
     service: Option<Arc<str>>,
+    /// One warning per [`LOG_EVERY`] about a downstream that cannot be reached.
+    failures: Arc<Mutex<LogLimiter>>,
 }
 
 /// The session being captured, shared by the two directions.
@@ -94,6 +96,7 @@ impl TcpProxy {
             acceptor,
             recorder,
             service: None,
+            failures: Arc::new(Mutex::new(LogLimiter::new(LOG_EVERY))),
         }
     }
 
@@ -147,6 +150,15 @@ impl TcpProxy {
         let server = match self.downstream.connect().await {
             Ok(server) => server,
             Err(e) => {
+                let held = self
+                    .failures
+                    .lock()
+                    .map_or(None, |mut l| l.allow(Instant::now()));
+                if let Some(held) = held {
+                    warn!(listener = "tcp", client = %addr, error = %e,
+                        failed_since_last_line = held,
+                        "downstream {} cannot be reached; closing the connection", self.downstream);
+                }
                 let error = format!("downstream {}: {e}", self.downstream);
                 return self.finish(addr, captured_at_ms, started, tape, Some(error), "error");
             }

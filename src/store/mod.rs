@@ -254,6 +254,42 @@ fn decode_result(bytes: &[u8]) -> Option<ReplayResult> {
     rmp_serde::from_slice(bytes).ok()
 }
 
+/// How long the start-up check waits for the store to answer.
+const FIRST_PING: Duration = Duration::from_secs(5);
+
+/// Pings the store once at start-up and warns when it cannot be reached,
+/// naming it (`name`, no password in it) and what waits meanwhile
+/// (`waits`), so a Redis that is down is heard of before the first
+/// request; then says when it answers.
+pub async fn check_reachable(
+    store: Arc<dyn Store>,
+    name: String,
+    waits: &'static str,
+    shutdown: CancellationToken,
+) {
+    let mut warned = false;
+    loop {
+        let answer = tokio::select! {
+            answer = tokio::time::timeout(FIRST_PING, store.ping()) => answer,
+            _ = shutdown.cancelled() => return,
+        };
+        match answer {
+            Ok(Ok(())) if warned => return info!("store reachable: {name}"),
+            Ok(Ok(())) => return debug!("store reachable: {name}"),
+            Ok(Err(e)) if !warned => warn!(error = %e, "store unreachable: {name}; {waits}"),
+            Err(_) if !warned => {
+                warn!("store unreachable: {name} did not answer within {FIRST_PING:?}; {waits}")
+            }
+            _ => {}
+        }
+        warned = true;
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = shutdown.cancelled() => return,
+        }
+    }
+}
+
 /// How often a store's persistence is checked again once it answered
 /// (a Redis may be reconfigured or replaced); while it has not, every second.
 const PERSISTENCE_EVERY: Duration = Duration::from_secs(60);

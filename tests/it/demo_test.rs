@@ -44,10 +44,17 @@ fn the_demo_records_replays_and_matches_its_sample_traffic() {
         "{text}"
     );
     while let Ok(line) = rx.recv_timeout(Duration::from_secs(5)) {
+        seen.push(line.clone());
         if line.contains("Ctrl-C") {
             break;
         }
     }
+    // The README shows this output, ports aside.
+    assert_eq!(
+        without_ports(&readme_demo_output()),
+        without_ports(&seen.join("\n")),
+        "README's demo output"
+    );
 
     // SIGTERM stops it cleanly.
     let status = Command::new("kill")
@@ -64,4 +71,30 @@ fn the_demo_records_replays_and_matches_its_sample_traffic() {
         std::thread::sleep(Duration::from_millis(50));
     };
     assert!(code.success(), "exit status {code}");
+}
+
+/// The first code block after "## The demo" in the README.
+fn readme_demo_output() -> String {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md"))
+        .expect("the README");
+    let section = &readme[readme.find("## The demo").expect("a demo section")..];
+    let open = section.find("```\n").expect("a block") + 4;
+    let close = section[open..].find("```").expect("its end");
+    section[open..open + close].trim_end().to_string()
+}
+
+/// `text` with every `:port` as `:PORT`.
+fn without_ports(text: &str) -> String {
+    let mut out = String::new();
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        out.push(c);
+        if c == ':' && chars.peek().is_some_and(char::is_ascii_digit) {
+            while chars.peek().is_some_and(char::is_ascii_digit) {
+                chars.next();
+            }
+            out.push_str("PORT");
+        }
+    }
+    out
 }

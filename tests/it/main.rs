@@ -1,6 +1,6 @@
 //! The integration tests: one binary, one module per area. Test names start
 //! with their module's name, so `cargo test record_test` (or `proxy_test`,
-//! `playback_test`, `store_test`, `config_test`) selects one area.
+//! `playback_test`, `store_test`, `config_test`, `startup_test`) selects one area.
 
 mod pki;
 mod support;
@@ -18,6 +18,7 @@ mod mqtt_test;
 mod playback_test;
 mod proxy_test;
 mod record_test;
+mod startup_test;
 mod store_test;
 mod tcp_test;
 mod tls_test;

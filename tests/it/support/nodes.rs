@@ -136,6 +136,23 @@ impl NodeProcess {
         std::fs::read_to_string(&self.log_path).unwrap_or_default()
     }
 
+    /// The first line of the log that contains `needle`, waited for until
+    /// `deadline`; the whole log in the panic message when none comes.
+    pub fn wait_for_line(&self, needle: &str, deadline: Duration) -> String {
+        let until = Instant::now() + deadline;
+        loop {
+            let log = self.log();
+            if let Some(line) = log.lines().find(|l| l.contains(needle)) {
+                return line.to_string();
+            }
+            assert!(
+                Instant::now() < until,
+                "no line with {needle:?} within {deadline:?}; the node logged:\n{log}"
+            );
+            std::thread::sleep(Duration::from_millis(25));
+        }
+    }
+
     /// `kill -9`.
     pub fn kill(&mut self) {
         let _ = self.child.kill();
