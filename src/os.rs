@@ -1,8 +1,10 @@
 //! What QProxy asks of the operating system beyond sockets: the open file
-//! limit, transparent huge pages, the record writer's scheduling, and a
-//! socket option on a listener it does not own. Every `unsafe` call of the
-//! crate lives here, each where the OS offers no safe call, with its
-//! SAFETY comment; the rest of the crate calls these safe functions.
+//! limit, transparent huge pages, the record writer's scheduling, a
+//! filesystem's free space, the clock tick, and socket options on sockets a
+//! library opened (rumqttd's listener, rumqttc's connection). Every `unsafe`
+//! call of the crate lives here, each where the OS offers no safe call,
+//! with its SAFETY comment; the rest of the crate calls these safe
+//! functions.
 
 use std::io;
 
@@ -139,4 +141,46 @@ pub fn set_nodelay_on_listener(addr: std::net::SocketAddr) -> bool {
         let _ = addr;
         false
     }
+}
+
+/// Size and free space of the filesystem holding `path` (`statvfs`), in
+/// bytes: (size, free, available to unprivileged users).
+pub fn filesystem_space(path: &std::path::Path) -> io::Result<(u64, u64, u64)> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::ffi::OsStrExt;
+        let path = std::ffi::CString::new(path.as_os_str().as_bytes())
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "a NUL byte in the path"))?;
+        // SAFETY: an all-zero statvfs is a valid value of this plain C struct.
+        let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
+        // SAFETY: `path` is NUL-terminated and `stat` is ours; both outlive the call.
+        if unsafe { libc::statvfs(path.as_ptr(), &mut stat) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let unit = stat.f_frsize as u64;
+        Ok((
+            stat.f_blocks as u64 * unit,
+            stat.f_bfree as u64 * unit,
+            stat.f_bavail as u64 * unit,
+        ))
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = path;
+        Err(io::Error::other("no statvfs here"))
+    }
+}
+
+/// Clock ticks a second, the unit of the CPU times in `/proc` (100 on
+/// every Linux seen, but the kernel says).
+pub fn clock_ticks_per_second() -> u64 {
+    #[cfg(unix)]
+    {
+        // SAFETY: sysconf takes an integer and only reads.
+        let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+        if ticks > 0 {
+            return ticks as u64;
+        }
+    }
+    100
 }
