@@ -17,5 +17,6 @@ mod playback_test;
 mod proxy_test;
 mod record_test;
 mod store_test;
+mod system_test;
 mod tcp_test;
 mod tls_test;
