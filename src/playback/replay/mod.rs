@@ -221,7 +221,7 @@ impl Replayer {
         histogram!(m::REPLAY_DURATION_SECONDS, "protocol" => protocol)
             .record(elapsed.as_secs_f64());
         let now = crate::clock::now_ms();
-        histogram!(m::REPLAY_LAG_SECONDS)
+        histogram!(m::REPLAY_LAG_SECONDS, "protocol" => protocol)
             .record(now.saturating_sub(record.captured_at_ms) as f64 / 1000.0);
         Attempt {
             result: ReplayResult {
