@@ -296,6 +296,8 @@ impl SyncRunner {
     /// Starts one task per shard; they stop when `shutdown` is cancelled.
     pub fn spawn(self: Arc<Self>, shutdown: CancellationToken) -> Vec<JoinHandle<()>> {
         info!(link = %self.link.describe(), peer_id = %self.peer_id, shards = self.shards, "playback sync started");
+        counter!(m::SYNC_ERRORS_TOTAL).increment(0);
+        counter!(m::REPLAY_RETRIES_TOTAL).increment(0);
         (0..self.shards)
             .map(|shard| {
                 let runner = self.clone();

@@ -144,6 +144,13 @@ impl Recorder {
         let (tx, rx) = mpsc::channel(config.queue_capacity);
         let stats = Arc::new(RecorderStats::default());
         stats.store_up.store(true, Ordering::Relaxed);
+        // Scraped from the start, not from the first failure: rate() and
+        // the alert rules then see the first one.
+        gauge!(m::STORE_UP).set(1.0);
+        counter!(m::RECORD_WRITE_ERRORS_TOTAL).increment(0);
+        if disk.is_some() {
+            counter!(m::SPOOL_DISK_ERRORS_TOTAL).increment(0);
+        }
         let (disk, recovered) = match disk {
             Some((disk, recovered)) => (Some(disk), Some(recovered)),
             None => (None, None),
@@ -207,6 +214,19 @@ impl Recorder {
 
     pub fn stats(&self) -> &Arc<RecorderStats> {
         &self.stats
+    }
+
+    /// Registers at 0 the per-protocol counts of a listener that records
+    /// `protocol`, so its success rate, written ÷ (written + dropped), is
+    /// defined before the first drop.
+    pub fn counts(&self, protocol: Protocol) {
+        let label = protocol.as_str();
+        counter!(m::RECORDS_TOTAL, "protocol" => label).increment(0);
+        counter!(m::RECORD_BYTES_TOTAL, "protocol" => label).increment(0);
+        for reason in ["queue full", "spool full"] {
+            counter!(m::RECORDS_DROPPED_TOTAL, "reason" => reason, "protocol" => label)
+                .increment(0);
+        }
     }
 
     pub fn max_body_bytes(&self) -> usize {
