@@ -14,6 +14,7 @@ mod limits_test;
 mod mqtt_integration_test;
 mod mqtt_test;
 mod playback_test;
+mod prometheus_test;
 mod proxy_test;
 mod record_test;
 mod store_test;
