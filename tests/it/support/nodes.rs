@@ -94,6 +94,7 @@ pub struct NodeProcess {
     pub child: Child,
     pub config_path: PathBuf,
     log_path: PathBuf,
+    out_path: PathBuf,
 }
 
 impl NodeProcess {
@@ -104,6 +105,13 @@ impl NodeProcess {
             dir,
             name,
         )
+    }
+
+    /// With these command line arguments besides `-c`.
+    pub fn spawn_with_args(config: &Value, dir: &Path, name: &str, args: &[&str]) -> NodeProcess {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_qproxy"));
+        command.args(args);
+        NodeProcess::spawn_command(command, config, dir, name)
     }
 
     /// Started under `prlimit` with this (soft, hard) open file limit.
@@ -126,10 +134,12 @@ impl NodeProcess {
         std::fs::write(&config_path, serde_json::to_vec_pretty(config).unwrap()).unwrap();
         let log_path = dir.join(format!("{name}.log"));
         let log = std::fs::File::create(&log_path).unwrap();
+        let out_path = dir.join(format!("{name}.out"));
+        let out = std::fs::File::create(&out_path).unwrap();
         let child = command
             .arg("-c")
             .arg(&config_path)
-            .stdout(Stdio::null())
+            .stdout(out)
             .stderr(log)
             .spawn()
             .expect("qproxy binary runs");
@@ -137,12 +147,18 @@ impl NodeProcess {
             child,
             config_path,
             log_path,
+            out_path,
         }
     }
 
-    /// What the node has logged so far.
+    /// What the node has logged so far (its stderr).
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    /// What the node has printed on its stdout so far.
+    pub fn stdout(&self) -> String {
+        std::fs::read_to_string(&self.out_path).unwrap_or_default()
     }
 
     /// `kill -9`.
