@@ -11,6 +11,7 @@ mod discovery_test;
 mod failure_test;
 mod layers_test;
 mod limits_test;
+mod logs_test;
 mod mqtt_integration_test;
 mod mqtt_test;
 mod playback_test;
