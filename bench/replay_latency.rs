@@ -79,12 +79,25 @@ fn start_config(text: serde_json::Value) -> qproxy::config::Config {
     .unwrap()
 }
 
-/// Push through the embedded broker, an external one on this port, or none.
+/// Push through the embedded broker, an external one on this port (with
+/// the bench's user when it asks for one), or none.
 #[derive(Clone, Copy)]
 enum Push {
     Embedded,
-    External(u16),
+    External(u16, bool),
     Off,
+}
+
+/// The MQTT user the bench gives an external broker's password file.
+const MQTT_USER: (&str, &str) = ("bench", "bench-token");
+
+fn external_mqtt(port: u16, auth: bool) -> serde_json::Value {
+    let mut mqtt = json!({"host": "127.0.0.1", "port": port});
+    if auth {
+        mqtt["app_id"] = json!(MQTT_USER.0);
+        mqtt["token"] = json!(MQTT_USER.1);
+    }
+    mqtt
 }
 
 async fn measure(push: Push, redis: Option<&str>, requests: usize) -> Vec<Duration> {
@@ -104,7 +117,7 @@ async fn measure(push: Push, redis: Option<&str>, requests: usize) -> Vec<Durati
             record_config["mqtt"] =
                 json!({"enabled": true, "embedded_broker": {"enabled": true, "port": 0}})
         }
-        Push::External(port) => record_config["mqtt"] = json!({"host": "127.0.0.1", "port": port}),
+        Push::External(port, auth) => record_config["mqtt"] = external_mqtt(port, auth),
         Push::Off => {}
     }
     let pushing = !matches!(push, Push::Off);
@@ -127,8 +140,8 @@ async fn measure(push: Push, redis: Option<&str>, requests: usize) -> Vec<Durati
         playback_config["mqtt"] =
             json!({"enabled": true, "host": "127.0.0.1", "port": broker.port()});
     }
-    if let Push::External(port) = push {
-        playback_config["mqtt"] = json!({"host": "127.0.0.1", "port": port});
+    if let Push::External(port, auth) = push {
+        playback_config["mqtt"] = external_mqtt(port, auth);
     }
     let playback = qproxy::node::start(start_config(playback_config))
         .await
@@ -195,18 +208,53 @@ fn now_ms() -> u128 {
         .as_nanos()
 }
 
-/// A throwaway mosquitto (TCP_NODELAY on), when one is installed.
-fn mosquitto() -> Option<(std::process::Child, u16, tempfile::TempDir)> {
+/// A throwaway mosquitto, when one is installed, with the broker config
+/// that ships (`broker/mosquitto.conf`; `MOSQUITTO_CONF=FILE` for another,
+/// e.g. one with Mosquitto's defaults to compare) on a free loopback port,
+/// its password file and persistence in a temporary folder. Also whether
+/// it asks for a password.
+fn mosquitto() -> Option<(std::process::Child, u16, tempfile::TempDir, bool)> {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .ok()?
         .local_addr()
         .ok()?
         .port();
     let dir = tempfile::tempdir().ok()?;
+    let shipped = concat!(env!("CARGO_MANIFEST_DIR"), "/broker/mosquitto.conf");
+    let source = std::env::var("MOSQUITTO_CONF").unwrap_or_else(|_| shipped.to_string());
+    let passwd = dir.path().join("passwd");
+    let mut auth = false;
+    let mut text = String::new();
+    for line in std::fs::read_to_string(&source).ok()?.lines() {
+        let line = match line.split_whitespace().next() {
+            Some("listener") => format!("listener {port} 127.0.0.1"),
+            Some("password_file") => {
+                auth = true;
+                format!("password_file {}", passwd.display())
+            }
+            Some("persistence_location") => {
+                format!("persistence_location {}/", dir.path().display())
+            }
+            _ => line.to_string(),
+        };
+        text.push_str(&line);
+        text.push('\n');
+    }
+    if !text.lines().any(|l| l.starts_with("listener ")) {
+        text.push_str(&format!(
+            "listener {port} 127.0.0.1\nallow_anonymous true\n"
+        ));
+    }
+    text.push_str("user root\n");
+    if auth {
+        std::process::Command::new("mosquitto_passwd")
+            .args(["-c", "-b"])
+            .arg(&passwd)
+            .args([MQTT_USER.0, MQTT_USER.1])
+            .status()
+            .ok()?;
+    }
     let conf = dir.path().join("m.conf");
-    let text = format!(
-        "listener {port} 127.0.0.1\nallow_anonymous true\nset_tcp_nodelay true\nuser root\n"
-    );
     std::fs::write(&conf, text).ok()?;
     let child = std::process::Command::new("mosquitto")
         .arg("-c")
@@ -216,7 +264,7 @@ fn mosquitto() -> Option<(std::process::Child, u16, tempfile::TempDir)> {
         .spawn()
         .ok()?;
     std::thread::sleep(Duration::from_millis(300));
-    Some((child, port, dir))
+    Some((child, port, dir, auth))
 }
 
 /// A throwaway redis-server, when one is installed.
@@ -263,17 +311,17 @@ async fn main() {
             300,
         ));
     }
-    if let Some((_, port, _)) = &broker {
+    if let Some((_, port, _, auth)) = &broker {
         runs.push((
             "mqtt push (mosquitto), embedded store",
-            Push::External(*port),
+            Push::External(*port, *auth),
             None,
             300,
         ));
         if let Some(url) = url.as_deref() {
             runs.push((
                 "mqtt push (mosquitto), redis",
-                Push::External(*port),
+                Push::External(*port, *auth),
                 Some(url),
                 300,
             ));
@@ -294,7 +342,7 @@ async fn main() {
     if let Some((child, _)) = redis.as_mut() {
         let _ = child.kill();
     }
-    if let Some((child, _, _)) = broker.as_mut() {
+    if let Some((child, _, _, _)) = broker.as_mut() {
         let _ = child.kill();
     }
 }

@@ -25,7 +25,8 @@
 //!   query) the sync fabric is built on; [`broker`] — the embedded broker.
 //! - [`metrics`] — metric names and the Prometheus exporter.
 //! - [`tls`] — TLS from PEM files for the listeners and every outgoing link.
-//! - [`os`] — the open file limit, raised at start-up.
+//! - [`os`] — the open file limit, raised at start-up, and every other
+//!   call into the OS; [`system`] — host and process figures from `/proc`.
 
 pub mod api;
 pub mod broker;
@@ -44,6 +45,7 @@ pub mod record;
 pub mod server;
 pub mod store;
 pub mod sync;
+pub mod system;
 pub mod tls;
 
 /// The rustls version QProxy is built with, for [`mqtt_client::MqttConfig::tls`].

@@ -322,6 +322,139 @@ impl RequestMetrics {
     }
 }
 
+// System figures: host and process, read from /proc by `crate::system`
+// every few seconds (not per scrape). Ratios are 0 to 1.
+
+/// Host CPU busy, all cores.
+pub const SYSTEM_CPU_USAGE_RATIO: &str = "qproxy_system_cpu_usage_ratio";
+/// Host CPU busy, by `core`.
+pub const SYSTEM_CPU_CORE_USAGE_RATIO: &str = "qproxy_system_cpu_core_usage_ratio";
+/// Host CPU idle with I/O outstanding, all cores.
+pub const SYSTEM_CPU_IOWAIT_RATIO: &str = "qproxy_system_cpu_iowait_ratio";
+/// This process's CPU, as a share of all cores.
+pub const PROCESS_CPU_USAGE_RATIO: &str = "qproxy_process_cpu_usage_ratio";
+pub const SYSTEM_MEMORY_TOTAL_BYTES: &str = "qproxy_system_memory_total_bytes";
+pub const SYSTEM_MEMORY_AVAILABLE_BYTES: &str = "qproxy_system_memory_available_bytes";
+/// 1 − available ÷ total.
+pub const SYSTEM_MEMORY_USAGE_RATIO: &str = "qproxy_system_memory_usage_ratio";
+pub const PROCESS_RESIDENT_MEMORY_BYTES: &str = "qproxy_process_resident_memory_bytes";
+pub const PROCESS_VIRTUAL_MEMORY_BYTES: &str = "qproxy_process_virtual_memory_bytes";
+pub const PROCESS_THREADS: &str = "qproxy_process_threads";
+pub const PROCESS_OPEN_FDS: &str = "qproxy_process_open_fds";
+pub const PROCESS_MAX_FDS: &str = "qproxy_process_max_fds";
+/// By `interface`, since boot.
+pub const SYSTEM_NETWORK_RECEIVE_BYTES_TOTAL: &str = "qproxy_system_network_receive_bytes_total";
+pub const SYSTEM_NETWORK_TRANSMIT_BYTES_TOTAL: &str = "qproxy_system_network_transmit_bytes_total";
+pub const SYSTEM_NETWORK_RECEIVE_ERRORS_TOTAL: &str = "qproxy_system_network_receive_errors_total";
+pub const SYSTEM_NETWORK_TRANSMIT_ERRORS_TOTAL: &str =
+    "qproxy_system_network_transmit_errors_total";
+/// Host TCP sockets by `state` (`in_use`, `time_wait`, `orphan`).
+pub const SYSTEM_TCP_CONNECTIONS: &str = "qproxy_system_tcp_connections";
+/// By `device` (whole disks), since boot.
+pub const SYSTEM_DISK_READ_BYTES_TOTAL: &str = "qproxy_system_disk_read_bytes_total";
+pub const SYSTEM_DISK_WRITTEN_BYTES_TOTAL: &str = "qproxy_system_disk_written_bytes_total";
+/// Share of the time a `device` had I/O in flight.
+pub const SYSTEM_DISK_BUSY_RATIO: &str = "qproxy_system_disk_busy_ratio";
+/// The filesystem of a node's `data_dir`, by `path`.
+pub const SYSTEM_FILESYSTEM_SIZE_BYTES: &str = "qproxy_system_filesystem_size_bytes";
+pub const SYSTEM_FILESYSTEM_AVAILABLE_BYTES: &str = "qproxy_system_filesystem_available_bytes";
+/// Used ÷ (used + available to users), as `df` counts it.
+pub const SYSTEM_FILESYSTEM_USAGE_RATIO: &str = "qproxy_system_filesystem_usage_ratio";
+
+/// HELP lines of the system figures (called once, when sampling starts).
+pub fn describe_system() {
+    use metrics::{describe_counter, describe_gauge, Unit};
+    describe_gauge!(
+        SYSTEM_CPU_USAGE_RATIO,
+        "Host CPU busy over the last sample, all cores (0 to 1)"
+    );
+    describe_gauge!(
+        SYSTEM_CPU_CORE_USAGE_RATIO,
+        "Host CPU busy over the last sample, by core (0 to 1)"
+    );
+    describe_gauge!(
+        SYSTEM_CPU_IOWAIT_RATIO,
+        "Host CPU idle while I/O was outstanding, all cores (0 to 1)"
+    );
+    describe_gauge!(
+        PROCESS_CPU_USAGE_RATIO,
+        "This process's CPU over the last sample, as a share of all cores (0 to 1)"
+    );
+    describe_gauge!(SYSTEM_MEMORY_TOTAL_BYTES, Unit::Bytes, "Host memory");
+    describe_gauge!(
+        SYSTEM_MEMORY_AVAILABLE_BYTES,
+        Unit::Bytes,
+        "Host memory available without swapping (MemAvailable)"
+    );
+    describe_gauge!(
+        SYSTEM_MEMORY_USAGE_RATIO,
+        "Host memory in use: 1 - available / total"
+    );
+    describe_gauge!(
+        PROCESS_RESIDENT_MEMORY_BYTES,
+        Unit::Bytes,
+        "This process's resident memory"
+    );
+    describe_gauge!(
+        PROCESS_VIRTUAL_MEMORY_BYTES,
+        Unit::Bytes,
+        "This process's virtual memory"
+    );
+    describe_gauge!(PROCESS_THREADS, "This process's threads");
+    describe_gauge!(PROCESS_OPEN_FDS, "This process's open file descriptors");
+    describe_gauge!(PROCESS_MAX_FDS, "This process's open file limit (soft)");
+    describe_counter!(
+        SYSTEM_NETWORK_RECEIVE_BYTES_TOTAL,
+        Unit::Bytes,
+        "Bytes received by the host, by interface"
+    );
+    describe_counter!(
+        SYSTEM_NETWORK_TRANSMIT_BYTES_TOTAL,
+        Unit::Bytes,
+        "Bytes sent by the host, by interface"
+    );
+    describe_counter!(
+        SYSTEM_NETWORK_RECEIVE_ERRORS_TOTAL,
+        "Receive errors of the host, by interface"
+    );
+    describe_counter!(
+        SYSTEM_NETWORK_TRANSMIT_ERRORS_TOTAL,
+        "Transmit errors of the host, by interface"
+    );
+    describe_gauge!(
+        SYSTEM_TCP_CONNECTIONS,
+        "Host TCP sockets by state (in_use, time_wait, orphan)"
+    );
+    describe_counter!(
+        SYSTEM_DISK_READ_BYTES_TOTAL,
+        Unit::Bytes,
+        "Bytes read by the host's disks, by device"
+    );
+    describe_counter!(
+        SYSTEM_DISK_WRITTEN_BYTES_TOTAL,
+        Unit::Bytes,
+        "Bytes written by the host's disks, by device"
+    );
+    describe_gauge!(
+        SYSTEM_DISK_BUSY_RATIO,
+        "Share of the last sample a disk had I/O in flight, by device"
+    );
+    describe_gauge!(
+        SYSTEM_FILESYSTEM_SIZE_BYTES,
+        Unit::Bytes,
+        "Size of the filesystem holding a node's data_dir, by path"
+    );
+    describe_gauge!(
+        SYSTEM_FILESYSTEM_AVAILABLE_BYTES,
+        Unit::Bytes,
+        "Space available to QProxy on the filesystem holding a data_dir, by path"
+    );
+    describe_gauge!(
+        SYSTEM_FILESYSTEM_USAGE_RATIO,
+        "Filesystem holding a data_dir in use, as df counts it, by path"
+    );
+}
+
 /// The most gRPC method labels: calls to further methods count as `other`,
 /// so a client inventing method names cannot grow the metrics without end.
 pub const MAX_GRPC_METHODS: usize = 100;

@@ -1,8 +1,10 @@
 //! What QProxy asks of the operating system beyond sockets: the open file
-//! limit, transparent huge pages, the record writer's scheduling, and a
-//! socket option on a listener it does not own. Every `unsafe` call of the
-//! crate lives here, each where the OS offers no safe call, with its
-//! SAFETY comment; the rest of the crate calls these safe functions.
+//! limit, transparent huge pages, the record writer's scheduling, a
+//! filesystem's free space, the clock tick, and socket options on sockets a
+//! library opened (rumqttd's listener, rumqttc's connection). Every `unsafe`
+//! call of the crate lives here, each where the OS offers no safe call,
+//! with its SAFETY comment; the rest of the crate calls these safe
+//! functions.
 
 use std::io;
 
@@ -138,5 +140,160 @@ pub fn set_nodelay_on_listener(addr: std::net::SocketAddr) -> bool {
     {
         let _ = addr;
         false
+    }
+}
+
+/// Size and free space of the filesystem holding `path` (`statvfs`), in
+/// bytes: (size, free, available to unprivileged users).
+pub fn filesystem_space(path: &std::path::Path) -> io::Result<(u64, u64, u64)> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::ffi::OsStrExt;
+        let path = std::ffi::CString::new(path.as_os_str().as_bytes())
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "a NUL byte in the path"))?;
+        // SAFETY: an all-zero statvfs is a valid value of this plain C struct.
+        let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
+        // SAFETY: `path` is NUL-terminated and `stat` is ours; both outlive the call.
+        if unsafe { libc::statvfs(path.as_ptr(), &mut stat) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let unit = stat.f_frsize as u64;
+        Ok((
+            stat.f_blocks as u64 * unit,
+            stat.f_bfree as u64 * unit,
+            stat.f_bavail as u64 * unit,
+        ))
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = path;
+        Err(io::Error::other("no statvfs here"))
+    }
+}
+
+/// Clock ticks a second, the unit of the CPU times in `/proc` (100 on
+/// every Linux seen, but the kernel says).
+pub fn clock_ticks_per_second() -> u64 {
+    #[cfg(unix)]
+    {
+        // SAFETY: sysconf takes an integer and only reads.
+        let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+        if ticks > 0 {
+            return ticks as u64;
+        }
+    }
+    100
+}
+/// A TCP socket of this process that a library opened and does not
+/// expose (the MQTT client's), known by its descriptor and its inode, so a
+/// descriptor closed and reused for something else is never touched.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ForeignSocket {
+    fd: i32,
+    inode: u64,
+}
+
+/// This process's TCP sockets connected to one of `peers`, found among its
+/// open descriptors.
+pub fn sockets_connected_to(peers: &[std::net::SocketAddr]) -> Vec<ForeignSocket> {
+    let mut found = Vec::new();
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::fd::BorrowedFd;
+        let Ok(entries) = std::fs::read_dir("/proc/self/fd") else {
+            return found;
+        };
+        for entry in entries.flatten() {
+            let Some(fd) = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| n.parse::<i32>().ok())
+            else {
+                continue;
+            };
+            let Some(inode) = std::fs::read_link(entry.path()).ok().and_then(|target| {
+                target
+                    .to_str()?
+                    .strip_prefix("socket:[")?
+                    .strip_suffix(']')?
+                    .parse::<u64>()
+                    .ok()
+            }) else {
+                continue;
+            };
+            // SAFETY: the descriptor is open (listed just now) and only
+            // borrowed for the call below.
+            let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
+            let peer = socket2::SockRef::from(&borrowed)
+                .peer_addr()
+                .ok()
+                .and_then(|a| a.as_socket());
+            if peer.is_some_and(|p| peers.contains(&p)) {
+                found.push(ForeignSocket { fd, inode });
+            }
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = peers;
+    found
+}
+
+impl ForeignSocket {
+    /// Sets `TCP_QUICKACK` (Linux): the ACK of what arrived goes out now
+    /// rather than up to 40 ms later, so a peer whose Nagle's algorithm
+    /// holds its next small write until that ACK is not held. The kernel
+    /// leaves quick-ACK mode by itself, so callers set it after each read.
+    /// False when the descriptor no longer holds this socket.
+    pub fn quickack(&self) -> bool {
+        #[cfg(target_os = "linux")]
+        {
+            use std::os::fd::BorrowedFd;
+            // SAFETY: an all-zero stat is a valid value of this plain C struct.
+            let mut stat: libc::stat = unsafe { std::mem::zeroed() };
+            // SAFETY: fstat writes one `stat` through a pointer to ours; a
+            // closed descriptor is an error, not undefined behaviour.
+            if unsafe { libc::fstat(self.fd, &mut stat) } != 0 || stat.st_ino != self.inode {
+                return false;
+            }
+            // SAFETY: the descriptor is open and holds the socket found
+            // before (same inode); it is only borrowed for this call.
+            let borrowed = unsafe { BorrowedFd::borrow_raw(self.fd) };
+            socket2::SockRef::from(&borrowed)
+                .set_tcp_quickack(true)
+                .is_ok()
+        }
+        #[cfg(not(target_os = "linux"))]
+        false
+    }
+}
+
+#[cfg(all(test, target_os = "linux"))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_socket_found_by_its_peer_takes_quickack_until_it_is_closed() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let stream = std::net::TcpStream::connect(addr).unwrap();
+        let _accepted = listener.accept().unwrap();
+        let found = sockets_connected_to(&[addr]);
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert!(found[0].quickack());
+        drop(stream);
+        // Whatever takes the descriptor next is not touched.
+        let _next = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        assert!(!found[0].quickack());
+    }
+
+    #[test]
+    fn the_filesystem_of_a_path_has_a_size() {
+        let (size, free, available) = filesystem_space(std::path::Path::new("/")).unwrap();
+        assert!(
+            size > 0 && free <= size && available <= free,
+            "{size} {free} {available}"
+        );
+        assert!(filesystem_space(std::path::Path::new("/no/such/dir")).is_err());
+        assert!(clock_ticks_per_second() > 0);
     }
 }

@@ -9,6 +9,7 @@
 //! needs `Authorization: Bearer <token>`.
 
 mod query;
+mod system;
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
@@ -23,6 +24,7 @@ use serde::Serialize;
 use serde_json::json;
 
 use self::query::Query;
+pub use self::system::SystemCheck;
 use crate::config::{valid_peer_id, Mode};
 use crate::mqtt_client::MqttClient;
 use crate::playback::{Outcome, PlaybackStats, Redrive, ReplayResult, Replayer};
@@ -79,6 +81,7 @@ pub struct ApiState {
     pub playback: Option<PlaybackApi>,
     pub mqtt: Option<Arc<MqttClient>>,
     pub started: Instant,
+    pub system: SystemCheck,
 }
 
 #[derive(Clone)]
@@ -619,7 +622,12 @@ impl Api {
                 warnings.extend(problem);
             }
         }
-        components.insert("system".into(), up_down(true));
+        // Past a threshold the node still serves: DEGRADED (200), so a
+        // load balancer does not move a busy node's load onto the others.
+        let system = self.state.system.problems();
+        degraded |= !system.is_empty();
+        components.insert("system".into(), up_down(system.is_empty()));
+        warnings.extend(system);
         let up = errors.is_empty();
         let status = match (up, degraded) {
             (false, _) => "DOWN",
@@ -656,7 +664,7 @@ impl Api {
                 "error": store_up.as_ref().err(),
                 "persistence": state.store.persistence(),
             },
-            "system": system_status(),
+            "system": state.system.status(),
         });
         if store_up.is_ok() {
             let mut stored = 0;
@@ -870,27 +878,4 @@ fn with_type(status: StatusCode, body: Vec<u8>, content_type: &'static str) -> A
         .headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     response
-}
-
-/// Resident memory and load, read from /proc where there is one.
-fn system_status() -> serde_json::Value {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let field = |name: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|v| v.split_whitespace().next())
-            .and_then(|v| v.parse::<u64>().ok())
-    };
-    let load = std::fs::read_to_string("/proc/loadavg").ok().and_then(|l| {
-        l.split_whitespace()
-            .next()
-            .and_then(|v| v.parse::<f64>().ok())
-    });
-    json!({
-        "rss_bytes": field("VmRSS:").map(|kb| kb * 1024),
-        "threads": field("Threads:"),
-        "load_1m": load,
-        "cpus": std::thread::available_parallelism().map(|n| n.get()).ok(),
-    })
 }

@@ -257,6 +257,15 @@ impl FromStr for Downstream {
         let uri: http::Uri = s.parse().map_err(|e| {
             format!("`{s}` is not a URL ({e}); expected e.g. http://localhost:8081")
         })?;
+        // Checked first: the messages below quote the URL.
+        if uri.authority().is_some_and(|a| a.as_str().contains('@')) {
+            return Err(
+                "a downstream URL cannot carry credentials (user:password@host): QProxy \
+                        does not send them, and they would be written in logs; clients' own \
+                        Authorization headers are forwarded"
+                    .into(),
+            );
+        }
         match uri.scheme_str() {
             Some("http" | "https") => {}
             _ => {

@@ -9,6 +9,7 @@ mod error;
 mod json_path;
 mod jsonc;
 mod listeners;
+mod monitoring;
 mod outline;
 mod playback;
 mod record;
@@ -17,6 +18,7 @@ mod sync;
 pub use error::ConfigError;
 pub use json_path::JsonPath;
 pub use listeners::*;
+pub use monitoring::*;
 pub use outline::{redact_url, REDACTED};
 pub use playback::*;
 pub use record::*;
@@ -101,6 +103,9 @@ pub struct Config {
     pub logging: LoggingConfig,
     #[serde(default)]
     pub mqtt: Option<MqttSection>,
+    /// Thresholds of `/health`'s `system` component.
+    #[serde(default)]
+    pub monitoring: MonitoringConfig,
     /// The text it was read from, so checks made later (the TLS files)
     /// report their key's line and column like every other mistake.
     #[serde(skip)]
@@ -507,6 +512,9 @@ impl Config {
             }
         }
         self.check_tls()
+            .map_err(|(key, message)| invalid(key, message))?;
+        self.monitoring
+            .check()
             .map_err(|(key, message)| invalid(key, message))?;
         if let Some(redis) = &self.redis {
             if let Err(e) = redis::Client::open(redis.url.as_str()) {

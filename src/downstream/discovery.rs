@@ -706,6 +706,8 @@ pub struct Endpoints {
 
 impl Endpoints {
     pub fn new(discovery: Arc<dyn Discovery>) -> Endpoints {
+        metrics::counter!(crate::metrics::DISCOVERY_UPDATES_TOTAL).increment(0);
+        metrics::counter!(crate::metrics::DISCOVERY_ERRORS_TOTAL).increment(0);
         Endpoints {
             discovery,
             next: AtomicUsize::new(0),

@@ -224,6 +224,7 @@ impl MqttClient {
             eventloop,
             client.clone(),
             self.shared.clone(),
+            (self.config.host.clone(), self.config.port),
             self.config.max_reconnect_delay,
         ));
         self.running = Some(Running { client, task });
@@ -409,16 +410,40 @@ impl Drop for MqttClient {
     }
 }
 
+/// This client's connections to `broker`, found once connected (rumqttc
+/// does not expose its socket).
+async fn broker_sockets((host, port): &(String, u16)) -> Vec<crate::os::ForeignSocket> {
+    match tokio::net::lookup_host((host.as_str(), *port)).await {
+        Ok(addrs) => crate::os::sockets_connected_to(&addrs.collect::<Vec<_>>()),
+        Err(_) => Vec::new(),
+    }
+}
+
 async fn run(
     mut eventloop: EventLoop,
     client: AsyncClient,
     shared: Arc<Shared>,
+    broker: (String, u16),
     max_delay: Duration,
 ) {
     let mut delay = Duration::from_millis(100);
     let mut failures = 0u32;
+    // A broker whose sockets have Nagle's algorithm on (Mosquitto's
+    // default) holds a small write until the previous one is
+    // acknowledged, and Linux delays that ACK up to 40 ms: a notification
+    // or a query's answer waited that long. TCP_QUICKACK after each read
+    // acknowledges at once. Another client of this process connected to
+    // the same broker may be among these sockets: it wants the same.
+    let mut sockets = Vec::new();
     loop {
-        match eventloop.poll().await {
+        let event = eventloop.poll().await;
+        if let Ok(Event::Incoming(packet)) = &event {
+            if matches!(packet, Packet::ConnAck(_)) {
+                sockets = broker_sockets(&broker).await;
+            }
+            sockets.retain(crate::os::ForeignSocket::quickack);
+        }
+        match event {
             Ok(Event::Incoming(Packet::ConnAck(ack))) => {
                 if failures > 0 {
                     info!(broker = %shared.broker, "mqtt reconnected");
@@ -451,6 +476,7 @@ async fn run(
             }
             Ok(_) => {}
             Err(e) => {
+                sockets.clear();
                 let _ = shared.connected.send_replace(false);
                 let reason = e.to_string();
                 if failures == 0 {

@@ -294,6 +294,10 @@ async fn run(
         playback,
         mqtt: fabric.client.clone(),
         started: Instant::now(),
+        system: crate::api::SystemCheck {
+            thresholds: config.monitoring.thresholds(),
+            data_dir: crate::system::monitor().watch(&config.data_dir),
+        },
     };
     listeners::serve_api(api, state, &tls, &shutdown, &mut tasks);
 

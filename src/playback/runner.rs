@@ -18,7 +18,7 @@
 //! the policy gives up, the record is parked with its last result (kept
 //! until an operator re-drives it) and the shard moves on.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::ops::ControlFlow;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
@@ -63,6 +63,8 @@ pub struct PlaybackStats {
     pub parked: AtomicU64,
     /// The shards waiting on a record that has not reached its target yet.
     pub waiting: Mutex<BTreeMap<u32, WaitingOn>>,
+    /// The (shard, protocol) series of `qproxy_sync_lag_seconds` set so far.
+    lag_series: Mutex<BTreeSet<(u32, &'static str)>>,
 }
 
 /// The record a shard waits on, for `/health` and `/api/status`.
@@ -121,6 +123,39 @@ impl PlaybackStats {
         self.parked.store(parked, Ordering::Relaxed);
         gauge!(m::REPLAYS_PARKED).set(parked as f64);
         Ok(parked)
+    }
+
+    /// `qproxy_sync_lag_seconds{shard, protocol}` after a round that
+    /// replayed `records`: while the shard is `behind`, the age of the
+    /// newest record of each protocol in them; once it has caught up,
+    /// zero for every protocol the shard has had.
+    fn note_lag(&self, shard: u32, records: &[Record], behind: bool) {
+        let now = crate::clock::now_ms();
+        let mut newest: Vec<(&'static str, u64)> = Vec::new();
+        for record in records {
+            let protocol = record.protocol().as_str();
+            match newest.iter_mut().find(|(p, _)| *p == protocol) {
+                Some((_, at)) => *at = (*at).max(record.captured_at_ms),
+                None => newest.push((protocol, record.captured_at_ms)),
+            }
+        }
+        let mut series = self.lag_series.lock().expect("lag lock");
+        let label = shard.to_string();
+        for (protocol, at) in &newest {
+            series.insert((shard, protocol));
+            let lag = if behind {
+                now.saturating_sub(*at) as f64 / 1000.0
+            } else {
+                0.0
+            };
+            gauge!(m::SYNC_LAG_SECONDS, "shard" => label.clone(), "protocol" => *protocol).set(lag);
+        }
+        if !behind {
+            for (_, protocol) in series.range((shard, "")..(shard + 1, "")) {
+                gauge!(m::SYNC_LAG_SECONDS, "shard" => label.clone(), "protocol" => *protocol)
+                    .set(0.0);
+            }
+        }
     }
 
     pub fn count(&self, results: &[ReplayResult]) {
@@ -261,6 +296,8 @@ impl SyncRunner {
     /// Starts one task per shard; they stop when `shutdown` is cancelled.
     pub fn spawn(self: Arc<Self>, shutdown: CancellationToken) -> Vec<JoinHandle<()>> {
         info!(link = %self.link.describe(), peer_id = %self.peer_id, shards = self.shards, "playback sync started");
+        counter!(m::SYNC_ERRORS_TOTAL).increment(0);
+        counter!(m::REPLAY_RETRIES_TOTAL).increment(0);
         (0..self.shards)
             .map(|shard| {
                 let runner = self.clone();
@@ -465,9 +502,8 @@ impl SyncRunner {
         self.stats
             .last_sync_ms
             .store(crate::clock::now_ms(), Ordering::Relaxed);
-        let shard_label = shard.to_string();
         let Some(last) = batch.next_id else {
-            gauge!(m::SYNC_LAG_SECONDS, "shard" => shard_label).set(0.0);
+            self.stats.note_lag(shard, &[], false);
             return Ok(RoundDone {
                 more: false,
                 last: None,
@@ -509,15 +545,7 @@ impl SyncRunner {
                 .await?;
         }
         if replayed.stopped.is_none() {
-            if let Some(newest) = batch.records.last() {
-                let lag = crate::clock::now_ms().saturating_sub(newest.captured_at_ms);
-                let lag = if batch.has_more {
-                    lag as f64 / 1000.0
-                } else {
-                    0.0
-                };
-                gauge!(m::SYNC_LAG_SECONDS, "shard" => shard_label).set(lag);
-            }
+            self.stats.note_lag(shard, &batch.records, batch.has_more);
         }
         // The commit says how the shard stands: waiting on a record (never
         // past it), some records parked, or all done.

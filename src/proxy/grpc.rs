@@ -46,6 +46,15 @@ use crate::server::Handler;
 
 pub type ResponseBody = Either<CallBody, Full<Bytes>>;
 
+/// The kinds of `grpc_errors_total`.
+const ERROR_KINDS: [&str; 5] = [
+    "bad_request",
+    "frame",
+    "unavailable",
+    "downstream",
+    "cancelled",
+];
+
 /// The name `grpc.downstream` goes by in the round robin.
 const DOWNSTREAMS: &str = "grpc.downstream";
 
@@ -77,6 +86,11 @@ impl GrpcProxy {
         pools: usize,
     ) -> GrpcProxy {
         let endpoint_count = downstreams.len();
+        // Failure counters are scraped at 0 from the start (rate() and the
+        // alert rules see the first failure).
+        for kind in ERROR_KINDS {
+            counter!(m::GRPC_ERRORS_TOTAL, "kind" => kind).increment(0);
+        }
         GrpcProxy {
             inner: Arc::new(Inner {
                 channels: (0..pools.max(1)).map(|_| H2Channels::new(tls)).collect(),

@@ -74,6 +74,13 @@ impl HttpProxy {
         tls: Arc<rustls::ClientConfig>,
         pools: usize,
     ) -> HttpProxy {
+        // Scraped at 0 from the start, so rates see the first one.
+        for kind in ["bad_request", "timeout", "downstream"] {
+            counter!(m::HTTP_ERRORS_TOTAL, "kind" => kind).increment(0);
+        }
+        if let Some(recorder) = &recorder {
+            recorder.counts(crate::record::Protocol::Http);
+        }
         HttpProxy {
             inner: Arc::new(Inner {
                 clients: (0..pools.max(1))

@@ -91,6 +91,10 @@ impl TcpProxy {
         acceptor: Option<TlsAcceptor>,
         recorder: Option<Recorder>,
     ) -> TcpProxy {
+        counter!(m::TCP_ERRORS_TOTAL).increment(0);
+        if let Some(recorder) = &recorder {
+            recorder.counts(crate::record::Protocol::Tcp);
+        }
         TcpProxy {
             downstream,
             acceptor,

@@ -26,7 +26,7 @@ use super::exchange::RawExchange;
 use super::shard::{shard_of, shard_of_client};
 use super::signal::ShardSignal;
 use super::spool::{DiskSpool, Recovered, SpoolError};
-use super::{split_pieces, Exchange, Record, RecordId};
+use super::{split_pieces, Exchange, Protocol, Record, RecordId};
 use crate::config::RecordConfig;
 use crate::metrics as m;
 use crate::store::{NewRecord, Store};
@@ -60,6 +60,15 @@ impl RecorderStats {
 pub enum Captured {
     Http(RawExchange),
     Ready(Record),
+}
+
+impl Captured {
+    fn protocol(&self) -> Protocol {
+        match self {
+            Captured::Http(_) => Protocol::Http,
+            Captured::Ready(record) => record.protocol(),
+        }
+    }
 }
 
 /// A cheap handle for submitting exchanges.
@@ -135,6 +144,13 @@ impl Recorder {
         let (tx, rx) = mpsc::channel(config.queue_capacity);
         let stats = Arc::new(RecorderStats::default());
         stats.store_up.store(true, Ordering::Relaxed);
+        // Scraped from the start, not from the first failure: rate() and
+        // the alert rules then see the first one.
+        gauge!(m::STORE_UP).set(1.0);
+        counter!(m::RECORD_WRITE_ERRORS_TOTAL).increment(0);
+        if disk.is_some() {
+            counter!(m::SPOOL_DISK_ERRORS_TOTAL).increment(0);
+        }
         let (disk, recovered) = match disk {
             Some((disk, recovered)) => (Some(disk), Some(recovered)),
             None => (None, None),
@@ -200,6 +216,19 @@ impl Recorder {
         &self.stats
     }
 
+    /// Registers at 0 the per-protocol counts of a listener that records
+    /// `protocol`, so its success rate, written ÷ (written + dropped), is
+    /// defined before the first drop.
+    pub fn counts(&self, protocol: Protocol) {
+        let label = protocol.as_str();
+        counter!(m::RECORDS_TOTAL, "protocol" => label).increment(0);
+        counter!(m::RECORD_BYTES_TOTAL, "protocol" => label).increment(0);
+        for reason in ["queue full", "spool full"] {
+            counter!(m::RECORDS_DROPPED_TOTAL, "reason" => reason, "protocol" => label)
+                .increment(0);
+        }
+    }
+
     pub fn max_body_bytes(&self) -> usize {
         self.max_body_bytes
     }
@@ -218,11 +247,11 @@ impl Recorder {
     fn send(&self, captured: Captured) {
         self.stats.submitted.fetch_add(1, Ordering::Relaxed);
         if let Err(e) = self.tx.try_send(captured) {
-            let reason = match e {
-                mpsc::error::TrySendError::Full(_) => "queue full",
-                mpsc::error::TrySendError::Closed(_) => "recorder stopped",
+            let (reason, captured) = match e {
+                mpsc::error::TrySendError::Full(c) => ("queue full", c),
+                mpsc::error::TrySendError::Closed(c) => ("recorder stopped", c),
             };
-            note_drop(&self.stats, 1, reason);
+            note_drop(&self.stats, reason, &[(captured.protocol().as_str(), 1)]);
         }
     }
 }
@@ -294,9 +323,28 @@ fn take_ready(rx: &mut mpsc::Receiver<Captured>, batch: &mut Vec<Captured>, limi
     true
 }
 
-fn note_drop(stats: &RecorderStats, n: u64, reason: &'static str) {
+/// How many of `records` are of each protocol (label, count).
+fn by_protocol<'a>(records: impl Iterator<Item = &'a NewRecord>) -> Vec<(&'static str, u64)> {
+    let mut counts: Vec<(&'static str, u64)> = Vec::new();
+    for record in records {
+        let label = record.protocol.as_str();
+        match counts.iter_mut().find(|(p, _)| *p == label) {
+            Some((_, n)) => *n += 1,
+            None => counts.push((label, 1)),
+        }
+    }
+    counts
+}
+
+/// Counts dropped records by reason and protocol (`unknown` for spool
+/// entries too damaged to read).
+fn note_drop(stats: &RecorderStats, reason: &'static str, by_protocol: &[(&'static str, u64)]) {
+    let n: u64 = by_protocol.iter().map(|(_, n)| n).sum();
     let before = stats.dropped.fetch_add(n, Ordering::Relaxed);
-    counter!(m::RECORDS_DROPPED_TOTAL, "reason" => reason).increment(n);
+    for (protocol, k) in by_protocol {
+        counter!(m::RECORDS_DROPPED_TOTAL, "reason" => reason, "protocol" => *protocol)
+            .increment(*k);
+    }
     // The first drop, then one line per thousand: loud, but not a flood.
     if before == 0 || before / 1000 != (before + n) / 1000 {
         warn!(
@@ -353,11 +401,11 @@ impl Writer {
                     break;
                 }
                 if give_up {
-                    let left = self.spool.len() as u64;
+                    let left = by_protocol(self.spool.iter());
                     self.spool.clear();
                     self.spooled_bytes = 0;
                     self.note_spool();
-                    note_drop(&self.stats, left, "shutdown with store unreachable");
+                    note_drop(&self.stats, "shutdown with store unreachable", &left);
                     break;
                 }
                 if let Some(at) = retry_at {
@@ -382,24 +430,31 @@ impl Writer {
 
     /// Encodes exchanges into the spool, dropping the oldest past its bounds.
     fn spool_batch(&mut self, batch: &mut Vec<Captured>) {
-        let mut body_bytes = 0;
+        // Body bytes by protocol.
+        let mut body_bytes: Vec<(Protocol, u64)> = Vec::new();
         let added = batch.len();
         for captured in batch.drain(..) {
-            let record = match captured {
+            let (record, bytes) = match captured {
                 Captured::Http(raw) => {
-                    body_bytes += raw.request_body.len + raw.response_body.len;
-                    self.encode_exchange(&raw)
+                    let bytes = raw.request_body.len + raw.response_body.len;
+                    (self.encode_exchange(&raw), bytes)
                 }
                 Captured::Ready(mut record) => {
-                    body_bytes += record_body_bytes(&record);
+                    let bytes = record_body_bytes(&record);
                     self.apply_policy(&mut record);
-                    NewRecord::encode(&record)
+                    (NewRecord::encode(&record), bytes)
                 }
             };
+            match body_bytes.iter_mut().find(|(p, _)| *p == record.protocol) {
+                Some((_, n)) => *n += bytes as u64,
+                None => body_bytes.push((record.protocol, bytes as u64)),
+            }
             self.spooled_bytes += record.size();
             self.spool.push_back(record);
         }
-        counter!(m::RECORD_BYTES_TOTAL).increment(body_bytes as u64);
+        for (protocol, bytes) in body_bytes {
+            counter!(m::RECORD_BYTES_TOTAL, "protocol" => protocol.as_str()).increment(bytes);
+        }
         if added > 0 && self.disk.as_ref().is_some_and(DiskSpool::is_active) {
             let disk = self.disk.as_mut().expect("checked");
             let result = disk.append(self.spool.range(self.spool.len() - added..));
@@ -410,18 +465,18 @@ impl Writer {
 
     /// Drops the oldest records past the spool's bounds, counted.
     fn enforce_bounds(&mut self) {
-        let mut excess = 0;
+        let mut dropped = Vec::new();
         while self.spool.len() > self.spool_capacity || self.spooled_bytes > self.spool_bytes {
             let Some(oldest) = self.spool.pop_front() else {
                 break;
             };
             self.spooled_bytes -= oldest.size();
-            excess += 1;
+            dropped.push(oldest);
         }
-        if excess > 0 {
+        if !dropped.is_empty() {
             self.stats.overflowing.store(true, Ordering::Relaxed);
-            note_drop(&self.stats, excess, "spool full");
-            self.disk_consumed(excess);
+            note_drop(&self.stats, "spool full", &by_protocol(dropped.iter()));
+            self.disk_consumed(dropped.len() as u64);
         }
         self.note_spool();
     }
@@ -458,7 +513,11 @@ impl Writer {
                 damaged = recovered.damaged,
                 "spool entries cut short or damaged by a crash were skipped"
             );
-            note_drop(&self.stats, recovered.damaged, "spool damaged");
+            note_drop(
+                &self.stats,
+                "spool damaged",
+                &[("unknown", recovered.damaged)],
+            );
         }
         if recovered.records.is_empty() {
             return;
@@ -587,12 +646,14 @@ impl Writer {
                             signal.written(record.shard, *id);
                         }
                     }
+                    for (protocol, k) in by_protocol(self.spool.iter().take(n)) {
+                        counter!(m::RECORDS_TOTAL, "protocol" => protocol).increment(k);
+                    }
                     for written in self.spool.drain(..n) {
                         self.spooled_bytes -= written.size();
                     }
                     self.disk_consumed(n as u64);
                     self.stats.written.fetch_add(n as u64, Ordering::Relaxed);
-                    counter!(m::RECORDS_TOTAL).increment(n as u64);
                     if !self.stats.store_up.swap(true, Ordering::Relaxed) {
                         info!(store = %self.store.describe(), spooled = self.spool.len(), "store is back; writing spooled records");
                         gauge!(m::STORE_UP).set(1.0);
@@ -665,6 +726,7 @@ impl Writer {
         let encoded = encode_exchange(raw, shard, &self.redact);
         NewRecord {
             shard,
+            protocol: Protocol::Http,
             pieces: split_pieces(encoded),
         }
     }

@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
 
-use super::split_pieces;
+use super::{split_pieces, Protocol, Record, RecordId};
 use crate::store::NewRecord;
 
 const MAGIC: &[u8; 8] = b"QSPOOL1\n";
@@ -306,8 +306,12 @@ fn read_segment(path: &Path, skip: u64, out: &mut Recovered) -> Result<(u64, u64
             break;
         }
         if entries >= skip {
+            // Decoded once for its protocol: recovery after a crash is rare.
+            let protocol = Record::decode_pieces(RecordId::ZERO, &[&payload])
+                .map_or(Protocol::Http, |r| r.protocol());
             out.records.push(NewRecord {
                 shard,
+                protocol,
                 pieces: split_pieces(Bytes::from(payload)),
             });
         }
@@ -349,6 +353,7 @@ mod tests {
     fn record(shard: u32, text: &str) -> NewRecord {
         NewRecord {
             shard,
+            protocol: Protocol::Http,
             pieces: vec![Bytes::copy_from_slice(text.as_bytes())],
         }
     }
@@ -464,6 +469,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let big = NewRecord {
             shard: 5,
+            protocol: Protocol::Tcp,
             pieces: split_pieces(Bytes::from(vec![3u8; 3 * crate::record::PIECE_BYTES + 1])),
         };
         {

@@ -18,7 +18,7 @@ use tracing::{debug, info, warn};
 
 use crate::config::Config;
 use crate::model::id::RecordId;
-use crate::model::record::Record;
+use crate::model::record::{Protocol, Record};
 use crate::model::replay::{ParkedRecord, ReplayResult};
 use crate::model::sync::Checkpoint;
 
@@ -39,10 +39,12 @@ pub enum StoreError {
     },
 }
 
-/// A record ready to be written: its shard and its encoded pieces.
+/// A record ready to be written: its shard, its protocol (for the
+/// metrics' `protocol` label) and its encoded pieces.
 #[derive(Debug, Clone)]
 pub struct NewRecord {
     pub shard: u32,
+    pub protocol: Protocol,
     pub pieces: Vec<Bytes>,
 }
 
@@ -50,6 +52,7 @@ impl NewRecord {
     pub fn encode(record: &Record) -> NewRecord {
         NewRecord {
             shard: record.shard,
+            protocol: record.protocol(),
             pieces: record.encode_pieces(),
         }
     }

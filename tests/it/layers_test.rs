@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 /// Lowest first.
 const LAYERS: &[&[&str]] = &[
-    &["clock", "metrics", "mqtt_client", "os"],
+    &["clock", "metrics", "mqtt_client", "os", "system"],
     &["config"],
     &["tls"],
     &["model"],

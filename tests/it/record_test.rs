@@ -535,7 +535,8 @@ async fn metrics_show_the_readme_names() {
         "http_requests_total",
         "http_request_duration_seconds_bucket",
         "http_active_connections",
-        "qproxy_records_total",
+        "qproxy_records_total{protocol=\"http\"} ",
+        "qproxy_record_bytes_total{protocol=\"http\"} ",
     ] {
         assert!(text.contains(name), "{name} missing from:\n{text}");
     }

@@ -14,7 +14,7 @@ use bytes::Bytes;
 use http_body_util::Full;
 use hyper_util::client::legacy::Client;
 use metrics::{counter, histogram};
-use tracing::{info_span, Instrument};
+use tracing::{debug, info_span, Instrument};
 
 use super::compare::Comparator;
 use super::{Attempt, Outcome, ReplayResult};
@@ -190,6 +190,7 @@ impl Replayer {
                 record_id = %record.id.unwrap_or(RecordId::ZERO),
                 shard = record.shard,
                 protocol = record.protocol().as_str(),
+                service = record.service.as_deref(),
             );
             let attempt = self.replay(record).instrument(span.clone()).await;
             let _in_span = span.enter();
@@ -241,8 +242,15 @@ impl Replayer {
         histogram!(m::REPLAY_DURATION_SECONDS, "protocol" => protocol)
             .record(elapsed.as_secs_f64());
         let now = crate::clock::now_ms();
-        histogram!(m::REPLAY_LAG_SECONDS)
+        histogram!(m::REPLAY_LAG_SECONDS, "protocol" => protocol)
             .record(now.saturating_sub(record.captured_at_ms) as f64 / 1000.0);
+        // In the record's `replay` span: its id, shard, protocol, service.
+        debug!(
+            result = outcome.as_str(),
+            duration_us = elapsed.as_micros() as u64,
+            endpoint = endpoint.as_deref(),
+            "replayed"
+        );
         Attempt {
             result: ReplayResult {
                 record_id: id,

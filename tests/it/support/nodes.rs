@@ -11,6 +11,13 @@ pub async fn start_node(config: Value) -> RunningNode {
     qproxy::node::start(config).await.expect("node starts")
 }
 
+/// System thresholds that never trip: a test box running the suite on two
+/// cores is often over 80% CPU, and tests that expect `/health` UP would
+/// see it DEGRADED. `system_test` checks the thresholds.
+pub fn untripped_thresholds() -> Value {
+    serde_json::json!({"cpu_threshold": 100, "memory_threshold": 100, "disk_threshold": 100})
+}
+
 /// A Record node config: proxy on a free port to `downstream`.
 pub fn record_config(downstream: &str, shards: u32, store: &StoreChoice) -> Value {
     let mut c = serde_json::json!({
@@ -19,6 +26,7 @@ pub fn record_config(downstream: &str, shards: u32, store: &StoreChoice) -> Valu
         "api": {"host": "127.0.0.1", "port": 0},
         "sync": {"shards": shards},
         "logging": {"level": "warn"},
+        "monitoring": untripped_thresholds(),
     });
     store.apply(&mut c);
     c
@@ -41,6 +49,7 @@ pub fn playback_config(
             "peer": {"host": "127.0.0.1", "port": peer_api.port()},
         },
         "logging": {"level": "warn"},
+        "monitoring": untripped_thresholds(),
     });
     store.apply(&mut c);
     c
@@ -85,6 +94,7 @@ pub struct NodeProcess {
     pub child: Child,
     pub config_path: PathBuf,
     log_path: PathBuf,
+    out_path: PathBuf,
 }
 
 impl NodeProcess {
@@ -95,6 +105,13 @@ impl NodeProcess {
             dir,
             name,
         )
+    }
+
+    /// With these command line arguments besides `-c`.
+    pub fn spawn_with_args(config: &Value, dir: &Path, name: &str, args: &[&str]) -> NodeProcess {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_qproxy"));
+        command.args(args);
+        NodeProcess::spawn_command(command, config, dir, name)
     }
 
     /// Started under `prlimit` with this (soft, hard) open file limit.
@@ -117,10 +134,12 @@ impl NodeProcess {
         std::fs::write(&config_path, serde_json::to_vec_pretty(config).unwrap()).unwrap();
         let log_path = dir.join(format!("{name}.log"));
         let log = std::fs::File::create(&log_path).unwrap();
+        let out_path = dir.join(format!("{name}.out"));
+        let out = std::fs::File::create(&out_path).unwrap();
         let child = command
             .arg("-c")
             .arg(&config_path)
-            .stdout(Stdio::null())
+            .stdout(out)
             .stderr(log)
             .spawn()
             .expect("qproxy binary runs");
@@ -128,10 +147,11 @@ impl NodeProcess {
             child,
             config_path,
             log_path,
+            out_path,
         }
     }
 
-    /// What the node has logged so far.
+    /// What the node has logged so far (its stderr).
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log_path).unwrap_or_default()
     }
@@ -151,6 +171,11 @@ impl NodeProcess {
             );
             std::thread::sleep(Duration::from_millis(25));
         }
+    }
+
+    /// What the node has printed on its stdout so far.
+    pub fn stdout(&self) -> String {
+        std::fs::read_to_string(&self.out_path).unwrap_or_default()
     }
 
     /// `kill -9`.
