@@ -792,3 +792,73 @@ async fn grpc_a_slow_reader_slows_the_stream_and_the_proxy_holds_no_more_than_it
     assert_eq!(bytes.len(), size + 5);
     assert_eq!(&bytes[5..], &crate::support::big_payload(size)[..]);
 }
+
+#[tokio::test]
+async fn grpc_metadata_is_redacted_and_sharded_by_the_key_header_as_http_headers_are() {
+    let zone_a = GrpcServer::start("zone-a").await;
+    let dir = tempfile::tempdir().unwrap();
+    let http = FakeDownstream::start().await;
+    let mut config =
+        support::record_config(&http.url(), 4, &StoreChoice::Embedded(dir.path().into()));
+    config["record"] = json!({"redact_headers": ["authorization"], "shard_key_header": "x-tenant"});
+    config["grpc"] = json!({"port": 0, "downstream": [zone_a.addr().to_string()]});
+    let record = support::start_node(config).await;
+    let mut client = GrpcClient::connect(record.grpc_addr.unwrap()).await;
+    for tenant in ["acme", "globex"] {
+        let call = client
+            .unary_with(
+                "/test.Echo/Unary",
+                tenant.as_bytes(),
+                &[
+                    ("x-tenant", tenant),
+                    ("authorization", "Bearer s3cret-token"),
+                ],
+                None,
+            )
+            .await;
+        assert_eq!(call.code, 0);
+    }
+    // Proxied untouched.
+    assert_eq!(
+        zone_a.calls()[0].metadata["authorization"],
+        "Bearer s3cret-token"
+    );
+    for tenant in ["acme", "globex"] {
+        let shard = qproxy::record::shard::shard_of(tenant.as_bytes(), 4);
+        let stored = eventually(
+            "the call stored on its tenant's shard",
+            Duration::from_secs(10),
+            || async {
+                let (_, page) = get_json(&format!(
+                    "http://{}/sync?peer_id=check&shard_id={shard}&limit=100",
+                    record.api_addr
+                ))
+                .await;
+                page["records"]
+                    .as_array()?
+                    .iter()
+                    .find(|r| {
+                        r["exchange"]["grpc"]["request_metadata"]
+                            .as_array()
+                            .unwrap()
+                            .iter()
+                            .any(|h| h[0] == "x-tenant" && h[1] == tenant)
+                    })
+                    .cloned()
+            },
+        )
+        .await;
+        let metadata = stored["exchange"]["grpc"]["request_metadata"]
+            .as_array()
+            .unwrap()
+            .clone();
+        assert!(
+            metadata
+                .iter()
+                .any(|h| h[0] == "authorization" && h[1] == "[redacted]"),
+            "{metadata:?}"
+        );
+        assert!(!stored.to_string().contains("s3cret"));
+    }
+    record.stop().await;
+}
