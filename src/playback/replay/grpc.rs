@@ -9,20 +9,19 @@ use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http::header::TE;
-use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Uri};
+use http::{HeaderMap, HeaderValue, Method, Request, Uri};
 use http_body::{Body, Frame};
 use http_body_util::BodyExt;
 use tokio::sync::{mpsc, watch};
 
 use super::super::compare::{header_map, GrpcAnswer};
 use super::super::Outcome;
-use super::{Failure, Replayer, REPLAY_ID_HEADER, REPLAY_SHARD_HEADER};
+use super::{replay_headers, Failure, Replayer};
 use crate::config::Downstream;
 use crate::downstream::{root_cause, Endpoints, H2Channels, H2Error, StaticDiscovery};
 use crate::model::grpc::{code, decode_message, frame, Framer, MESSAGE_HEADER};
-use crate::model::headers::is_hop_by_hop;
 use crate::record::grpc::grpc_status;
-use crate::record::{header_value_to_bytes, GrpcCall, Record, RecordId};
+use crate::record::{GrpcCall, Record, RecordId};
 
 /// The channels gRPC calls are replayed on, and `grpc.downstream`: where
 /// they go when discovery does not place their service.
@@ -311,25 +310,7 @@ fn build_request(
         .map_err(|e| format!("recorded method `{}`: {e}", call.method))?;
     let mut request = Request::builder().method(Method::POST).uri(uri);
     let headers = request.headers_mut().expect("builder is fresh");
-    for (name, value) in &call.request_metadata {
-        let name = HeaderName::from_bytes(name.as_bytes())
-            .map_err(|_| format!("recorded metadata name `{name}` is not valid"))?;
-        if is_hop_by_hop(&name) || name == REPLAY_ID_HEADER || name == REPLAY_SHARD_HEADER {
-            continue;
-        }
-        let value = header_value_to_bytes(value)
-            .and_then(|b| HeaderValue::from_bytes(&b).ok())
-            .ok_or_else(|| format!("recorded value of metadata `{name}` is not valid"))?;
-        headers.append(name, value);
-    }
+    replay_headers(headers, &call.request_metadata, "metadata", shard, id)?;
     headers.insert(TE, HeaderValue::from_static("trailers"));
-    headers.insert(
-        HeaderName::from_static(REPLAY_ID_HEADER),
-        HeaderValue::from_str(&id.to_string()).expect("ids are ASCII"),
-    );
-    headers.insert(
-        HeaderName::from_static(REPLAY_SHARD_HEADER),
-        HeaderValue::from(shard),
-    );
     request.body(body).map_err(|e| e.to_string())
 }

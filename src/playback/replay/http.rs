@@ -2,16 +2,15 @@
 //! target, judge the answer with the [`Comparator`](super::Comparator).
 
 use bytes::Bytes;
-use http::{HeaderMap, HeaderName, HeaderValue, Method, Request};
+use http::{HeaderMap, Method, Request};
 use http_body_util::{BodyExt, Full, Limited};
 
 use super::super::compare::{header_map, Answer};
 use super::super::Outcome;
-use super::{Failure, Replayer, REPLAY_ID_HEADER, REPLAY_SHARD_HEADER};
+use super::{replay_headers, Failure, Replayer};
 use crate::config::Downstream;
 use crate::downstream::{http_peer, root_cause};
-use crate::model::headers::is_hop_by_hop;
-use crate::record::{header_value_to_bytes, HttpExchange, Record, RecordId};
+use crate::record::{HttpExchange, Record, RecordId};
 
 type Judged = (Outcome, Option<String>, Option<u16>);
 
@@ -115,25 +114,7 @@ impl Replayer {
             .and_then(|uri| http_peer(target, &uri).map_err(|e| e.to_string()))?;
         let mut request = Request::builder().method(method).uri(uri);
         let headers = request.headers_mut().expect("builder is fresh");
-        for (name, value) in &http.request_headers {
-            let name = HeaderName::from_bytes(name.as_bytes())
-                .map_err(|_| format!("recorded header name `{name}` is not valid"))?;
-            if is_hop_by_hop(&name) || name == REPLAY_ID_HEADER || name == REPLAY_SHARD_HEADER {
-                continue;
-            }
-            let value = header_value_to_bytes(value)
-                .and_then(|b| HeaderValue::from_bytes(&b).ok())
-                .ok_or_else(|| format!("recorded value of header `{name}` is not valid"))?;
-            headers.append(name, value);
-        }
-        headers.insert(
-            HeaderName::from_static(REPLAY_ID_HEADER),
-            HeaderValue::from_str(&id.to_string()).expect("ids are ASCII"),
-        );
-        headers.insert(
-            HeaderName::from_static(REPLAY_SHARD_HEADER),
-            HeaderValue::from(shard),
-        );
+        replay_headers(headers, &http.request_headers, "header", shard, id)?;
         request
             .body(Full::new(http.request_body.0.clone()))
             .map_err(|e| e.to_string())

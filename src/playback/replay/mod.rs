@@ -30,6 +30,42 @@ pub const REPLAY_ID_HEADER: &str = "x-qproxy-replay-id";
 /// The shard of the replayed record.
 pub const REPLAY_SHARD_HEADER: &str = "x-qproxy-replay-shard";
 
+/// The recorded headers (or gRPC metadata) of a replayed request into
+/// `headers`, less hop-by-hop ones and earlier replay marks, then this
+/// replay's id and shard. `what` names them in errors.
+pub(super) fn replay_headers(
+    headers: &mut ::http::HeaderMap,
+    recorded: &[crate::record::Header],
+    what: &str,
+    shard: u32,
+    id: RecordId,
+) -> Result<(), String> {
+    use ::http::{HeaderName, HeaderValue};
+    for (name, value) in recorded {
+        let name = HeaderName::from_bytes(name.as_bytes())
+            .map_err(|_| format!("recorded {what} name `{name}` is not valid"))?;
+        if crate::model::headers::is_hop_by_hop(&name)
+            || name == REPLAY_ID_HEADER
+            || name == REPLAY_SHARD_HEADER
+        {
+            continue;
+        }
+        let value = crate::record::header_value_to_bytes(value)
+            .and_then(|b| HeaderValue::from_bytes(&b).ok())
+            .ok_or_else(|| format!("recorded value of {what} `{name}` is not valid"))?;
+        headers.append(name, value);
+    }
+    headers.insert(
+        HeaderName::from_static(REPLAY_ID_HEADER),
+        HeaderValue::from_str(&id.to_string()).expect("ids are ASCII"),
+    );
+    headers.insert(
+        HeaderName::from_static(REPLAY_SHARD_HEADER),
+        HeaderValue::from(shard),
+    );
+    Ok(())
+}
+
 pub struct Replayer {
     client: Client<crate::downstream::Connector, Full<Bytes>>,
     target: Downstream,
