@@ -105,6 +105,20 @@ pub fn is_batch_scheduled() -> bool {
     false
 }
 
+/// This process's open descriptors with their `/proc/self/fd` paths (none
+/// where there is no `/proc`).
+#[cfg(unix)]
+fn open_descriptors() -> impl Iterator<Item = (i32, std::path::PathBuf)> {
+    std::fs::read_dir("/proc/self/fd")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|entry| {
+            let fd = entry.file_name().to_str()?.parse::<i32>().ok()?;
+            Some((fd, entry.path()))
+        })
+}
+
 /// Sets `TCP_NODELAY` on this process's listening socket bound to `addr`,
 /// found among its open descriptors (for a listener a library opened and
 /// does not expose). False when there is none.
@@ -112,17 +126,7 @@ pub fn set_nodelay_on_listener(addr: std::net::SocketAddr) -> bool {
     #[cfg(unix)]
     {
         use std::os::fd::BorrowedFd;
-        let Ok(entries) = std::fs::read_dir("/proc/self/fd") else {
-            return false;
-        };
-        for entry in entries.flatten() {
-            let Some(fd) = entry
-                .file_name()
-                .to_str()
-                .and_then(|n| n.parse::<i32>().ok())
-            else {
-                continue;
-            };
+        for (fd, _) in open_descriptors() {
             // SAFETY: the descriptor is open (listed just now) and only
             // borrowed for the calls below; the library never closes its
             // listener.
@@ -200,18 +204,8 @@ pub fn sockets_connected_to(peers: &[std::net::SocketAddr]) -> Vec<ForeignSocket
     #[cfg(target_os = "linux")]
     {
         use std::os::fd::BorrowedFd;
-        let Ok(entries) = std::fs::read_dir("/proc/self/fd") else {
-            return found;
-        };
-        for entry in entries.flatten() {
-            let Some(fd) = entry
-                .file_name()
-                .to_str()
-                .and_then(|n| n.parse::<i32>().ok())
-            else {
-                continue;
-            };
-            let Some(inode) = std::fs::read_link(entry.path()).ok().and_then(|target| {
+        for (fd, path) in open_descriptors() {
+            let Some(inode) = std::fs::read_link(path).ok().and_then(|target| {
                 target
                     .to_str()?
                     .strip_prefix("socket:[")?
