@@ -47,7 +47,7 @@ struct Cli {
     /// Log level or filter: error, warn, info, debug, trace or off, or target=level
     /// pairs such as info,qproxy=debug [default: info, debug with -v; when not given:
     /// RUST_LOG, then logging.level]
-    #[arg(short, long, value_name = "LEVEL")]
+    #[arg(short, long, value_name = "LEVEL", global = true)]
     log_level: Option<String>,
 
     /// Debug logs (unless a level is given) and a summary of the configuration

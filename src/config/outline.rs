@@ -28,10 +28,12 @@ impl Config {
             Some(_) => find(name),
             None => Some(format!("{host}:{port}")),
         };
+        let tls = |on: bool| if on { " (tls)" } else { "" };
         let mut parts = vec![("mode", self.mode.to_string())];
         if let Some(h) = self.http.as_ref().filter(|h| h.enabled) {
             if let Some(at) = listener("http", &h.host, h.port) {
-                parts.push(("http", format!("{at} -> {}", h.downstream)));
+                let tls = tls(self.http_tls());
+                parts.push(("http", format!("{at}{tls} -> {}", h.downstream)));
             }
         }
         if let Some(g) = self.grpc.as_ref().filter(|g| g.enabled) {
@@ -44,16 +46,18 @@ impl Config {
                         false => d.authority().to_string(),
                     })
                     .collect();
-                parts.push(("grpc", format!("{at} -> {}", downstreams.join(", "))));
+                let tls = tls(self.grpc_tls());
+                parts.push(("grpc", format!("{at}{tls} -> {}", downstreams.join(", "))));
             }
         }
         if let Some(t) = self.tcp.as_ref().filter(|t| t.enabled) {
             if let Some(at) = listener("tcp", &t.host, t.port) {
-                parts.push(("tcp", format!("{at} -> {}", t.downstream)));
+                let (listen, to) = (tls(t.tls), tls(t.downstream_tls));
+                parts.push(("tcp", format!("{at}{listen} -> {}{to}", t.downstream)));
             }
         }
         if let Some(at) = listener("api", &self.api.host, self.api.port) {
-            parts.push(("api", at));
+            parts.push(("api", format!("{at}{}", tls(self.api.tls))));
         }
         parts.push(("store", self.store_name()));
         let mqtt = match self.mqtt.as_ref().filter(|m| m.enabled) {

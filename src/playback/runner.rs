@@ -343,14 +343,14 @@ impl SyncRunner {
                     counter!(m::SYNC_ERRORS_TOTAL).increment(1);
                     // Each distinct error once; a repeat only at debug.
                     let error = e.to_string();
-                    if failures == 0 || last_error.as_deref() != Some(error.as_str()) {
+                    failures = failures.saturating_add(1);
+                    if failures == 1 || last_error.as_deref() != Some(error.as_str()) {
                         warn!(shard, %error, failures, "sync round failed; retrying");
                         last_error = Some(error);
                     } else {
                         debug!(shard, %error, failures, "sync round failed again");
                     }
-                    failures = failures.saturating_add(1);
-                    let backoff = Duration::from_millis(100u64 << failures.min(5));
+                    let backoff = Duration::from_millis(100u64 << (failures - 1).min(5));
                     (
                         backoff.min(self.interval.max(Duration::from_millis(100))),
                         true,

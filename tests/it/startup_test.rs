@@ -169,3 +169,39 @@ fn startup_test_an_unreachable_store_is_a_warning_at_start_up() {
     let log = node.log();
     assert!(!log.contains("s3cret"), "{log}");
 }
+
+/// A Playback node whose Record node is not there yet: one warning per
+/// shard that counts the failure it reports, and every replay result is
+/// scraped at 0 before the first one, so an alert on rate() sees the first
+/// mismatch.
+#[test]
+fn startup_test_a_missing_peer_is_counted_from_one_and_replay_results_start_at_zero() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_socket, peer) = refusing_port();
+    let api = free_port();
+    let config = json!({
+        "mode": "Playback",
+        "http": {"host": "127.0.0.1", "port": free_port(), "downstream": "http://127.0.0.1:9"},
+        "api": {"host": "127.0.0.1", "port": api},
+        "sync": {"enabled": true, "shards": 1, "peer": {"host": "127.0.0.1", "port": peer.port()}},
+        "data_dir": dir.path(),
+    });
+    let node = NodeProcess::spawn(&config, dir.path(), "playback");
+    let line = node.wait_for_line("sync round failed", Duration::from_secs(10));
+    assert!(
+        line.contains(" WARN ") && line.contains("failures=1"),
+        "{line}"
+    );
+    let metrics = Command::new("curl")
+        .args(["-s", &format!("http://127.0.0.1:{api}/metrics")])
+        .output()
+        .expect("curl runs");
+    let metrics = String::from_utf8_lossy(&metrics.stdout);
+    for protocol in ["http", "tcp", "grpc"] {
+        for result in ["matched", "mismatched", "failed", "skipped"] {
+            let series =
+                format!("qproxy_replays_total{{protocol=\"{protocol}\",result=\"{result}\"}} 0");
+            assert!(metrics.contains(&series), "{series} in:\n{metrics}");
+        }
+    }
+}

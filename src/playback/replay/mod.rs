@@ -21,7 +21,7 @@ use super::{Attempt, Outcome, ReplayResult};
 use crate::config::{Downstream, TcpPacing};
 use crate::downstream::{Endpoints, TcpTarget};
 use crate::metrics as m;
-use crate::record::{Exchange, Record, RecordId};
+use crate::record::{Exchange, Protocol, Record, RecordId};
 
 /// Every replayed request carries this, so a target can tell replays apart
 /// and drop duplicates. Ids are unique within a shard, so a target that
@@ -118,6 +118,14 @@ impl Replayer {
         max_body_bytes: usize,
         tls: Arc<rustls::ClientConfig>,
     ) -> Replayer {
+        // Every result of every protocol is scraped from 0, so rate() and
+        // the alert rules see the first mismatch or failure.
+        for protocol in [Protocol::Http, Protocol::Tcp, Protocol::Grpc] {
+            for outcome in Outcome::ALL {
+                counter!(m::REPLAYS_TOTAL, "protocol" => protocol.as_str(), "result" => outcome.as_str())
+                    .increment(0);
+            }
+        }
         Replayer {
             client: crate::downstream::pooled_client(tls.clone()),
             target,
