@@ -477,6 +477,7 @@ impl SyncRunner {
         // Read every round, not only after a restart: a round whose commit
         // failed after its results were saved is pulled again by the next.
         let done = self.store.replayed_upto(&self.peer_id, shard).await?;
+        let started = std::time::Instant::now();
         let replay_all = self.replay_in_order(shard, &batch.records, done, retrying);
         let (replayed, next) = if batch.has_more {
             let next_request = PullRequest {
@@ -489,6 +490,7 @@ impl SyncRunner {
         } else {
             (replay_all.await, None)
         };
+        let replay_took = started.elapsed();
         if !replayed.results.is_empty() || replayed.upto.is_some() {
             self.store
                 .save_replays(ReplayWrite {
@@ -551,6 +553,7 @@ impl SyncRunner {
                 next: None,
             });
         };
+        let save_took = started.elapsed() - replay_took;
         let commit = CommitRequest {
             peer_id: self.peer_id.clone(),
             shard_id: ShardId(shard),
@@ -568,7 +571,12 @@ impl SyncRunner {
         }
         counter!(m::COMMITS_TOTAL, "transport" => transport.as_str(), "result" => "sent")
             .increment(1);
-        debug!(shard, replayed = replayed.results.len(), last = %upto, via = transport.as_str(), "batch committed");
+        let commit_took = started.elapsed() - replay_took - save_took;
+        debug!(
+            shard, replayed = replayed.results.len(), last = %upto, via = transport.as_str(),
+            replay_us = replay_took.as_micros() as u64, save_us = save_took.as_micros() as u64,
+            commit_us = commit_took.as_micros() as u64, "batch committed"
+        );
         let stopped = replayed.stopped.is_some();
         Ok(RoundDone {
             more: batch.has_more && !stopped,
