@@ -15,6 +15,7 @@ mod layers_test;
 mod limits_test;
 mod mqtt_integration_test;
 mod mqtt_test;
+mod playback_pipeline_test;
 mod playback_test;
 mod proxy_test;
 mod record_test;
