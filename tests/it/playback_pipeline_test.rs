@@ -238,3 +238,104 @@ async fn playback_pipeline_test_connection_close_and_chunked_answers_are_followe
     playback.stop().await;
     record.stop().await;
 }
+
+/// A batch's results are saved while the next batch replays: when the
+/// Playback node's store fails, what was replayed and not saved is
+/// replayed again after the last commit, and no commit gets ahead of the
+/// saved results (every record ends with a saved result).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn playback_pipeline_test_the_playback_store_failing_mid_backlog_loses_no_result() {
+    let dir = tempfile::tempdir().unwrap();
+    // Writes it acknowledged survive its kill.
+    let mut redis = crate::support::RedisServer::start_args(&[
+        "--appendonly",
+        "yes",
+        "--appendfsync",
+        "always",
+    ]);
+    let zone_a = FakeDownstream::start().await;
+    // Each answer takes 2 ms: the backlog takes a while to work off.
+    let zone_b = FakeDownstream::start_with_delay(Duration::from_millis(2)).await;
+    let n = 400;
+    let record = support::start_node(support::record_config(
+        &zone_a.url(),
+        1,
+        &StoreChoice::Embedded(dir.path().join("a")),
+    ))
+    .await;
+    send(record.http_addr.unwrap(), n).await;
+    let mut config = support::playback_config(
+        &zone_b.url(),
+        1,
+        record.api_addr,
+        &StoreChoice::Redis {
+            url: redis.url(),
+            prefix: "b".into(),
+        },
+    );
+    config["sync"]["batch_size"] = json!(40);
+    let playback = support::start_node(config).await;
+
+    eventually(
+        "part of the backlog replayed",
+        Duration::from_secs(30),
+        || async { (zone_b.count() >= n / 4).then_some(()) },
+    )
+    .await;
+    redis.stop();
+    let at_stop = zone_b.count();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        at_stop < n,
+        "the store fails mid-backlog ({at_stop} of {n})"
+    );
+    redis.restart();
+
+    let last = eventually("every record replayed", Duration::from_secs(60), || async {
+        let seen = zone_b.seen();
+        let mut first: Vec<usize> = Vec::new();
+        for s in &seen {
+            if !first.contains(&seq(s)) {
+                first.push(seq(s));
+            }
+        }
+        (first.len() == n).then_some((first, seen))
+    })
+    .await;
+    let (first, seen) = last;
+    assert_eq!(first, (0..n).collect::<Vec<_>>(), "first arrivals in order");
+    let last_id = seen.iter().map(replay_id).max().unwrap().to_string();
+    eventually(
+        "the last record committed",
+        Duration::from_secs(30),
+        || async {
+            (support::checkpoints(record.api_addr, "zone-b")
+                .await
+                .get(&0)
+                == Some(&last_id))
+            .then_some(())
+        },
+    )
+    .await;
+    // Every record has its result saved (none committed past an unsaved one).
+    let (_, replays) = get_json(&format!(
+        "http://{}/api/replays?limit=1000",
+        playback.api_addr
+    ))
+    .await;
+    let mut ids: Vec<String> = replays["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["record_id"].as_str().unwrap().to_string())
+        .collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), n, "a saved result for every record");
+    eprintln!(
+        "store down at {at_stop} arrivals; {} arrivals in all for {n} records",
+        seen.len()
+    );
+    playback.stop().await;
+    record.stop().await;
+}
