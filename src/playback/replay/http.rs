@@ -69,7 +69,11 @@ impl Replayer {
         let mut next = 0;
         let mut last_answer = Instant::now();
         let flow = loop {
-            while next < records.len() && queue.len() < self.pipeline_depth {
+            // The window is refilled once half of it is answered: requests
+            // go out (and are read by the target) many to a write, not one
+            // per answer.
+            let refill = queue.len() <= self.pipeline_depth / 2;
+            while refill && next < records.len() && queue.len() < self.pipeline_depth {
                 let started = Instant::now();
                 let sent = self.send(&records[next], &target, &mut conn).await;
                 // An unreachable target: judged before the next one tries.
