@@ -339,3 +339,31 @@ async fn playback_pipeline_test_the_playback_store_failing_mid_backlog_loses_no_
     playback.stop().await;
     record.stop().await;
 }
+
+/// An `https://` target: the pipelined connection speaks TLS with the
+/// node's client config (its CA, its client certificate, ALPN http/1.1).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn playback_pipeline_test_an_https_target_wanting_a_client_certificate() {
+    let pki = crate::pki::Pki::new();
+    let dir = tempfile::tempdir().unwrap();
+    let zone_a = FakeDownstream::start().await;
+    let zone_b = FakeDownstream::start_tls(pki.acceptor("server", Some("ca"))).await;
+    let n = 120;
+    let (record, playback) = backlog(&zone_a, &zone_b, n, dir.path(), |c| {
+        c["tls"] = json!({
+            "ca": pki.file("ca.pem"),
+            "client_cert": pki.file("client.pem"),
+            "client_key": pki.file("client.key"),
+        });
+    })
+    .await;
+    let status = judged(playback.api_addr, n as u64).await;
+    assert_eq!(status["matched"], n, "{status}");
+    let seen = zone_b.seen();
+    assert_eq!(
+        seen.iter().map(seq).collect::<Vec<_>>(),
+        (0..n).collect::<Vec<_>>()
+    );
+    playback.stop().await;
+    record.stop().await;
+}
