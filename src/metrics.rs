@@ -50,6 +50,9 @@ pub const REPLAY_DURATION_SECONDS: &str = "qproxy_replay_duration_seconds";
 pub const REPLAY_LAG_SECONDS: &str = "qproxy_replay_lag_seconds";
 /// Tries again at replays that did not reach their target.
 pub const REPLAY_RETRIES_TOTAL: &str = "qproxy_replay_retries_total";
+/// Non-idempotent replays sent again after a pipelined connection broke
+/// while they were in flight (they may have reached the target twice).
+pub const REPLAYS_RESENT_TOTAL: &str = "qproxy_replays_resent_total";
 /// Records given up on after every attempt, waiting for an operator.
 pub const REPLAYS_PARKED: &str = "qproxy_replays_parked";
 /// Shards waiting on a record that could not be delivered yet.
@@ -203,6 +206,10 @@ fn describe() {
     describe_counter!(
         REPLAY_RETRIES_TOTAL,
         "Replays tried again because the target was not reached"
+    );
+    describe_counter!(
+        REPLAYS_RESENT_TOTAL,
+        "Non-idempotent replays sent again after a connection broke while they were in flight, by method"
     );
     describe_gauge!(
         REPLAYS_PARKED,

@@ -722,6 +722,7 @@ impl Api {
                 "sync_errors": s.sync_errors.load(Ordering::Relaxed),
                 "last_sync": (last_sync > 0).then(|| crate::clock::format_ms(last_sync)),
                 "retries": s.retries.load(Ordering::Relaxed),
+                "resent": pb.replayer.resent(),
                 "parked": s.parked.load(Ordering::Relaxed),
                 "waiting": s.waiting(),
                 "discovery": pb.replayer.discovery().map(|d| d.status()),

@@ -434,6 +434,15 @@ impl Config {
                 ),
             ));
         }
+        if !(1..=MAX_PIPELINE_DEPTH).contains(&self.playback.pipeline_depth) {
+            return Err(invalid(
+                "playback.pipeline_depth",
+                format!(
+                    "must be 1 to {MAX_PIPELINE_DEPTH} (1: no pipelining), not {}",
+                    self.playback.pipeline_depth
+                ),
+            ));
+        }
         if self.playback.max_attempts == 0 {
             return Err(invalid(
                 "playback.max_attempts",
@@ -890,6 +899,10 @@ mod tests {
             (
                 r#""playback": {"timeout_ms": 3600001}"#,
                 "playback.timeout_ms: must be 1 to 3600000 ms (an hour), not 3600001",
+            ),
+            (
+                r#""playback": {"pipeline_depth": 0}"#,
+                "playback.pipeline_depth: must be 1 to 1024 (1: no pipelining), not 0",
             ),
             (
                 r#""sync": {"interval": 18446744073709551615}"#,

@@ -42,6 +42,10 @@ pub struct PlaybackConfig {
     /// while it is decoded.
     #[serde(default = "default_max_push_bytes")]
     pub max_push_bytes: usize,
+    /// HTTP replays sent down a shard's connection before the oldest is
+    /// answered (HTTP/1.1 pipelining); 1: each waits for the one before.
+    #[serde(default = "default_pipeline_depth")]
+    pub pipeline_depth: usize,
 }
 
 impl Default for PlaybackConfig {
@@ -57,6 +61,7 @@ impl Default for PlaybackConfig {
             compare_headers: Vec::new(),
             ignore_json_paths: Vec::new(),
             max_push_bytes: default_max_push_bytes(),
+            pipeline_depth: default_pipeline_depth(),
         }
     }
 }
@@ -131,6 +136,13 @@ pub struct KubernetesSettings {
 fn default_max_push_bytes() -> usize {
     64 << 20
 }
+
+fn default_pipeline_depth() -> usize {
+    32
+}
+
+/// Most `playback.pipeline_depth`.
+pub const MAX_PIPELINE_DEPTH: usize = 1024;
 
 fn default_replay_timeout_ms() -> u64 {
     30_000

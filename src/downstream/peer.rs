@@ -31,6 +31,19 @@ pub fn http_peer(downstream: &Downstream, uri: &Uri) -> Result<Uri, http::Error>
         .build()
 }
 
+/// The request target `http_peer` would send on the wire (origin form:
+/// the downstream's path prefix, then the request's path and query),
+/// appended to `out` without building a URI.
+pub fn origin_form(downstream: &Downstream, uri: &Uri, out: &mut impl bytes::BufMut) {
+    out.put_slice(downstream.path_prefix().as_bytes());
+    let pq = uri.path_and_query().map_or("/", PathAndQuery::as_str);
+    // An absolute URI with no path has none (`http://h?q`): the root's.
+    if !pq.starts_with('/') {
+        out.put_u8(b'/');
+    }
+    out.put_slice(pq.as_bytes());
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -53,5 +66,19 @@ mod tests {
             http_peer(&plain, &absolute).unwrap().to_string(),
             "http://127.0.0.1:9000/p?q"
         );
+        let form = |d: &Downstream, u: &Uri| {
+            let mut out = Vec::new();
+            origin_form(d, u, &mut out);
+            String::from_utf8(out).unwrap()
+        };
+        for (d, u) in [
+            (&plain, &uri),
+            (&prefixed, &uri),
+            (&plain, &absolute),
+            (&plain, &"http://h:1".parse().unwrap()),
+        ] {
+            let peer = http_peer(d, u).unwrap();
+            assert_eq!(form(d, u), peer.path_and_query().unwrap().as_str(), "{u}");
+        }
     }
 }

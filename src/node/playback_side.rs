@@ -52,6 +52,7 @@ pub(super) async fn start(
         tls.client.clone(),
     )
     .with_tcp_pacing(config.playback.tcp_pacing)
+    .with_pipeline_depth(config.playback.pipeline_depth)
     .with_retry_statuses(config.playback.retry_statuses.clone())
     .with_comparator(comparator)
     .with_grpc(

@@ -48,6 +48,12 @@ impl Comparator {
         })
     }
 
+    /// Whether any header is compared (else the recorded headers need not
+    /// be parsed for it).
+    pub fn compares_headers(&self) -> bool {
+        !self.headers.is_empty()
+    }
+
     pub fn compare(
         &self,
         recorded: &Answer<'_>,

@@ -1,5 +1,5 @@
 //! The pull loop: one task per shard, shards in parallel, records of a
-//! shard one by one in id order.
+//! shard in id order.
 //!
 //! A shard pulls again at once while records wait, otherwise when its MQTT
 //! notification arrives or `sync.interval` has passed. Batches come by MQTT
@@ -8,9 +8,12 @@
 //!
 //! One round: pull a batch after the last commit → replay what was
 //! not replayed yet → store the results and the "replayed up to" mark in one
-//! write → commit. A crash before the local write replays that batch's
-//! records again (each carries `X-QProxy-Replay-Id`); a crash after it only
-//! repeats the commit. A committed record is never replayed again.
+//! write → commit. While a backlog lasts, round N+1 replays (and pulls
+//! N+2) while round N's results are stored and committed; stores and
+//! commits keep their order. A crash before the local write replays the
+//! records of at most those two rounds again (each carries
+//! `X-QProxy-Replay-Id`); a crash after it only repeats the commit. A
+//! committed record is never replayed again.
 //!
 //! A record that does not reach its target stops the round there: what came
 //! before it is saved and committed, and the shard tries that record again
@@ -273,12 +276,21 @@ pub struct SyncRunner {
     pub retry: RetryPolicy,
 }
 
-/// What a round did: whether more records wait, the id it committed, and
-/// the next batch when it was pulled already.
+/// What a round did: whether more records wait, the id it replayed up to,
+/// the next batch when it was pulled already, and its results, to be saved
+/// and committed.
 struct RoundDone {
     more: bool,
     last: Option<RecordId>,
     next: Option<(SyncBatch, Transport)>,
+    unsaved: Option<Unsaved>,
+}
+
+/// A round's results and its commit, not saved yet.
+struct Unsaved {
+    shard: u32,
+    replayed: Replayed,
+    commit: Option<CommitRequest>,
 }
 
 /// What replaying a batch in order came to.
@@ -313,24 +325,42 @@ impl SyncRunner {
         // after the Record node's checkpoint: an MQTT commit may still be
         // on its way there.
         let mut cursor: Option<RecordId> = None;
+        // The last id committed in this run: where to pull from again when
+        // results could not be saved or committed.
+        let mut committed: Option<RecordId> = None;
         // The next batch, pulled while this one was replayed.
         let mut prefetched = None;
+        // The last round's results, saved and committed while the next
+        // round replays.
+        let mut unsaved: Option<Unsaved> = None;
         // The record this shard waits on, when one did not reach its target.
         let mut retrying: Option<Retrying> = None;
         let mut last_error: Option<String> = None;
         // The Record node's last rewind of this shard that was seen.
         let mut rewind: Option<u64> = None;
         loop {
-            let round = tokio::select! {
-                r = self.round(shard, cursor, prefetched.take(), &mut retrying, &mut rewind) => r,
+            let step = tokio::select! {
+                r = self.step(shard, cursor, prefetched.take(), unsaved.take(), &mut committed, &mut retrying, &mut rewind) => r,
                 _ = shutdown.cancelled() => return,
             };
-            self.stats.sync_ok.store(round.is_ok(), Ordering::Relaxed);
-            let (pause, wake_early) = match round {
+            // A backlog goes on at once, its results saved while the next
+            // batch replays; otherwise they are saved before the shard waits.
+            let step = match step {
+                Ok(mut done) if !(done.more && retrying.is_none()) => {
+                    match self.persist_all(done.unsaved.take(), &mut committed).await {
+                        Ok(()) => Ok(done),
+                        Err(e) => Err(e),
+                    }
+                }
+                other => other,
+            };
+            self.stats.sync_ok.store(step.is_ok(), Ordering::Relaxed);
+            let (pause, wake_early) = match step {
                 Ok(done) => {
                     failures = 0;
                     cursor = done.last.or(cursor);
                     prefetched = done.next;
+                    unsaved = done.unsaved;
                     match &retrying {
                         // Notifications must not hurry a backoff.
                         Some(r) => (self.retry.backoff(r.attempts), false),
@@ -339,6 +369,10 @@ impl SyncRunner {
                     }
                 }
                 Err(e) => {
+                    // What was replayed and not saved is replayed again,
+                    // from after the last commit.
+                    cursor = committed;
+                    prefetched = None;
                     self.stats.sync_errors.fetch_add(1, Ordering::Relaxed);
                     counter!(m::SYNC_ERRORS_TOTAL).increment(1);
                     // Each distinct error once; a repeat only at debug.
@@ -370,6 +404,55 @@ impl SyncRunner {
                 _ = shutdown.cancelled() => return,
             }
         }
+    }
+
+    /// One round, with the results of the round before it saved and
+    /// committed meanwhile when its batch is in hand already (pulled while
+    /// the round before replayed) — else, or when the batch carries an
+    /// operator's rewind, saved first. Either way they are saved and
+    /// committed before this round's.
+    #[allow(clippy::too_many_arguments)]
+    async fn step(
+        &self,
+        shard: u32,
+        cursor: Option<RecordId>,
+        prefetched: Option<(SyncBatch, Transport)>,
+        unsaved: Option<Unsaved>,
+        committed: &mut Option<RecordId>,
+        retrying: &mut Option<Retrying>,
+        rewind: &mut Option<u64>,
+    ) -> Result<RoundDone, RoundError> {
+        let overlap = matches!(
+            &prefetched,
+            Some((batch, _)) if batch.rewind.is_none() || batch.rewind == *rewind
+        );
+        if !overlap {
+            self.persist_all(unsaved, committed).await?;
+            return self
+                .round(shard, cursor, prefetched, retrying, rewind)
+                .await;
+        }
+        let (done, saved) = tokio::join!(
+            self.round(shard, cursor, prefetched, retrying, rewind),
+            self.persist_all(unsaved, committed)
+        );
+        // Results not saved: this round's are dropped too and replayed
+        // again after the last commit.
+        saved?;
+        done
+    }
+
+    async fn persist_all(
+        &self,
+        unsaved: Option<Unsaved>,
+        committed: &mut Option<RecordId>,
+    ) -> Result<(), RoundError> {
+        if let Some(unsaved) = unsaved {
+            if let Some(id) = self.persist(unsaved).await? {
+                *committed = Some(id);
+            }
+        }
+        Ok(())
     }
 
     /// Replays `records` in order, skipping those up to `done`, until one
@@ -508,12 +591,19 @@ impl SyncRunner {
                 more: false,
                 last: None,
                 next: None,
+                unsaved: None,
             });
         };
         // Read every round, not only after a restart: a round whose commit
         // failed after its results were saved is pulled again by the next.
         let done = self.store.replayed_upto(&self.peer_id, shard).await?;
-        let replay_all = self.replay_in_order(shard, &batch.records, done, retrying);
+        let started = std::time::Instant::now();
+        let replay_all = async {
+            let replayed = self
+                .replay_in_order(shard, &batch.records, done, retrying)
+                .await;
+            (replayed, started.elapsed())
+        };
         let (replayed, next) = if batch.has_more {
             let next_request = PullRequest {
                 after: Some(last),
@@ -525,25 +615,7 @@ impl SyncRunner {
         } else {
             (replay_all.await, None)
         };
-        if !replayed.results.is_empty() || replayed.upto.is_some() {
-            self.store
-                .save_replays(ReplayWrite {
-                    peer: &self.peer_id,
-                    shard,
-                    results: &replayed.results,
-                    park: &replayed.park,
-                    unpark: &[],
-                    upto: replayed.upto,
-                    keep: self.results_kept,
-                })
-                .await?;
-        }
-        self.stats.count(&replayed.results);
-        if !replayed.park.is_empty() {
-            self.stats
-                .refresh_parked(self.store.as_ref(), self.shards)
-                .await?;
-        }
+        let ((replayed, replay_alone), replay_took) = (replayed, started.elapsed());
         if replayed.stopped.is_none() {
             self.stats.note_lag(shard, &batch.records, batch.has_more);
         }
@@ -571,15 +643,17 @@ impl SyncRunner {
             ),
             _ => (CommitStatus::Completed, 0, String::new()),
         };
-        let Some(upto) = replayed.upto.or(after) else {
-            // Stopped at the first record after a restart: nothing to commit.
-            return Ok(RoundDone {
-                more: false,
-                last: None,
-                next: None,
-            });
-        };
-        let commit = CommitRequest {
+        debug!(
+            shard,
+            replayed = replayed.results.len(),
+            replay_us = replay_alone.as_micros() as u64,
+            replay_and_pull_us = replay_took.as_micros() as u64,
+            "batch replayed"
+        );
+        let stopped = replayed.stopped.is_some();
+        // Stopped at the first record after a restart: nothing to commit.
+        let upto = replayed.upto.or(after);
+        let commit = upto.map(|upto| CommitRequest {
             peer_id: self.peer_id.clone(),
             shard_id: ShardId(shard),
             last_sync_time: crate::clock::now_ms() / 1000,
@@ -588,19 +662,10 @@ impl SyncRunner {
             retry_count,
             error_message,
             rewind: *rewind,
-        };
-        let transport = self.link.commit(&commit).await?;
-        self.stats.commits.fetch_add(1, Ordering::Relaxed);
-        if transport == Transport::Mqtt {
-            self.stats.mqtt_commits.fetch_add(1, Ordering::Relaxed);
-        }
-        counter!(m::COMMITS_TOTAL, "transport" => transport.as_str(), "result" => "sent")
-            .increment(1);
-        debug!(shard, replayed = replayed.results.len(), last = %upto, via = transport.as_str(), "batch committed");
-        let stopped = replayed.stopped.is_some();
+        });
         Ok(RoundDone {
-            more: batch.has_more && !stopped,
-            last: Some(upto),
+            more: batch.has_more && !stopped && upto.is_some(),
+            last: upto,
             // Waiting on a record: the same batch serves the next try (what
             // is done in it is skipped), so a backoff costs no pull.
             next: if stopped {
@@ -608,6 +673,59 @@ impl SyncRunner {
             } else {
                 next
             },
+            unsaved: Some(Unsaved {
+                shard,
+                replayed,
+                commit,
+            }),
         })
+    }
+
+    /// Saves a round's results with its "replayed up to" mark, then
+    /// commits: the commit never names a record whose result is not saved.
+    /// Returns the id committed.
+    async fn persist(&self, unsaved: Unsaved) -> Result<Option<RecordId>, RoundError> {
+        let Unsaved {
+            shard,
+            replayed,
+            commit,
+        } = unsaved;
+        let started = std::time::Instant::now();
+        if !replayed.results.is_empty() || replayed.upto.is_some() {
+            self.store
+                .save_replays(ReplayWrite {
+                    peer: &self.peer_id,
+                    shard,
+                    results: &replayed.results,
+                    park: &replayed.park,
+                    unpark: &[],
+                    upto: replayed.upto,
+                    keep: self.results_kept,
+                })
+                .await?;
+        }
+        self.stats.count(&replayed.results);
+        if !replayed.park.is_empty() {
+            self.stats
+                .refresh_parked(self.store.as_ref(), self.shards)
+                .await?;
+        }
+        let Some(commit) = commit else {
+            return Ok(None);
+        };
+        let save_took = started.elapsed();
+        let transport = self.link.commit(&commit).await?;
+        self.stats.commits.fetch_add(1, Ordering::Relaxed);
+        if transport == Transport::Mqtt {
+            self.stats.mqtt_commits.fetch_add(1, Ordering::Relaxed);
+        }
+        counter!(m::COMMITS_TOTAL, "transport" => transport.as_str(), "result" => "sent")
+            .increment(1);
+        debug!(
+            shard, replayed = replayed.results.len(), last = %commit.last_record_id,
+            via = transport.as_str(), save_us = save_took.as_micros() as u64,
+            commit_us = (started.elapsed() - save_took).as_micros() as u64, "batch committed"
+        );
+        Ok(Some(commit.last_record_id))
     }
 }

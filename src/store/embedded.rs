@@ -579,17 +579,24 @@ impl super::Store for EmbeddedStore {
                 }
                 let keep = keep.max(1);
                 if count > keep {
-                    let excess = count - keep;
-                    let mut dropped = 0;
-                    table
-                        .retain_in(
-                            key(shard, RecordId::ZERO)..=key(shard, RecordId::MAX),
-                            |_, _| {
-                                dropped += 1;
-                                dropped > excess
-                            },
-                        )
-                        .map_err(err)?;
+                    // The oldest beyond `keep` go; the rest are not visited
+                    // (a full shard holds `keep` results, and this runs for
+                    // every batch).
+                    let cut = {
+                        let mut range = table
+                            .range(key(shard, RecordId::ZERO)..=key(shard, RecordId::MAX))
+                            .map_err(err)?;
+                        let first_kept = range.nth((count - keep) as usize);
+                        first_kept.transpose().map_err(err)?.map(|(k, _)| k.value())
+                    };
+                    if let Some((_, ms, seq)) = cut {
+                        table
+                            .retain_in(
+                                key(shard, RecordId::ZERO)..key(shard, RecordId::new(ms, seq)),
+                                |_, _| false,
+                            )
+                            .map_err(err)?;
+                    }
                     count = keep;
                 }
                 add_count(&txn, COUNT_REPLAYS, shard, count as i64 - before as i64)?;

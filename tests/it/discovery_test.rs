@@ -21,6 +21,7 @@ async fn zones(
     own: &str,
     dir: &std::path::Path,
     discovery: serde_json::Value,
+    pipeline_depth: Option<usize>,
 ) -> (qproxy::node::RunningNode, qproxy::node::RunningNode) {
     let record = support::start_node(support::record_config(
         zone_a,
@@ -35,6 +36,9 @@ async fn zones(
         &StoreChoice::Embedded(dir.join("b")),
     );
     config["service_discovery"] = discovery;
+    if let Some(depth) = pipeline_depth {
+        config["playback"] = serde_json::json!({ "pipeline_depth": depth });
+    }
     let playback = support::start_node(config).await;
     (record, playback)
 }
@@ -55,7 +59,8 @@ async fn discovery_test_static_services_share_the_replays_and_unknown_ones_go_to
         "config": {"static_services": [
             {"name": "orders", "endpoints": [one.addr.to_string(), refusing_addr.to_string(), two.addr.to_string()]},
         ]},
-    })).await;
+    // Runs of at most two records go to one endpoint, then the next.
+    }), Some(2)).await;
 
     // Ten requests for `orders` (the Host, without its port), two for a
     // service discovery does not know.
@@ -180,6 +185,8 @@ async fn discovery_test_zookeeper_registrations_move_the_replays_without_a_resta
             "provider": "zookeeper",
             "config": {"zookeeper": {"address": zk.address(), "base_path": "/services"}},
         }),
+        // One record at a time: round robin record by record.
+        Some(1),
     )
     .await;
     eventually(
@@ -477,7 +484,7 @@ async fn discovery_test_kubernetes_endpoint_slices_move_the_replays() {
                                    "service_account_token": token.display().to_string(),
                                    "api_server": format!("http://{}", api.addr)}},
     });
-    let (record, playback) = zones(&zone_a.url(), &own.url(), dir.path(), discovery).await;
+    let (record, playback) = zones(&zone_a.url(), &own.url(), dir.path(), discovery, None).await;
     eventually(
         "the playback node lists the slices",
         Duration::from_secs(20),

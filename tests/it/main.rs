@@ -16,6 +16,7 @@ mod limits_test;
 mod logs_test;
 mod mqtt_integration_test;
 mod mqtt_test;
+mod playback_pipeline_test;
 mod playback_test;
 mod prometheus_test;
 mod proxy_test;

@@ -288,6 +288,25 @@ async fn conformance(store: Arc<dyn Store>) {
     assert_eq!(kept[0].record_id, RecordId::new(104, 0), "newest first");
     assert_eq!(kept[1].outcome, Outcome::Mismatched);
     assert!(store.replays(1, 10).await.unwrap().is_empty());
+    // Trimming a shard keeps its newest results and leaves other shards alone.
+    let later: Vec<ReplayResult> = (0..5u64)
+        .map(|i| result(RecordId::new(200 + i, 0), 3, Outcome::Matched, 3000 + i))
+        .collect();
+    for part in [&later[..2], &later[2..3], &later[3..]] {
+        store
+            .save_replays(ReplayWrite::results("p", 3, part, 2))
+            .await
+            .unwrap();
+    }
+    let ids: Vec<RecordId> = store
+        .replays(3, 10)
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.record_id)
+        .collect();
+    assert_eq!(ids, [RecordId::new(204, 0), RecordId::new(203, 0)]);
+    assert_eq!(store.replays(0, 10).await.unwrap().len(), 3);
 
     // Parking: a record given up on is kept whole (a multi-piece one too)
     // with its last result, parked again in place, and gone once delivered.

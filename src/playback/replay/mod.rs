@@ -1,25 +1,24 @@
-//! Replaying one record against zone B's target and judging the answer:
-//! the dispatch and what every protocol shares; [`http`] and [`tcp`] hold
-//! each protocol's replay (a new protocol gets a file here).
+//! Replaying records against zone B's target and judging the answers:
+//! the dispatch and what every protocol shares; [`http`], [`grpc`] and
+//! [`tcp`] hold each protocol's replay (a new protocol gets a file here).
 
 mod grpc;
 mod http;
 mod tcp;
 
+use std::collections::HashSet;
 use std::ops::ControlFlow;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use http_body_util::Full;
-use hyper_util::client::legacy::Client;
 use metrics::{counter, histogram};
 use tracing::{debug, info_span, Instrument};
 
 use super::compare::Comparator;
 use super::{Attempt, Outcome, ReplayResult};
 use crate::config::{Downstream, TcpPacing};
-use crate::downstream::{Endpoints, TcpTarget};
+use crate::downstream::{Endpoints, PipelineClient, TcpTarget};
 use crate::metrics as m;
 use crate::record::{Exchange, Protocol, Record, RecordId};
 
@@ -29,6 +28,17 @@ use crate::record::{Exchange, Protocol, Record, RecordId};
 pub const REPLAY_ID_HEADER: &str = "x-qproxy-replay-id";
 /// The shard of the replayed record.
 pub const REPLAY_SHARD_HEADER: &str = "x-qproxy-replay-shard";
+
+/// The span a record's replay logs in: its id, shard, protocol, service.
+fn replay_span(record: &Record) -> tracing::Span {
+    info_span!(
+        "replay",
+        record_id = %record.id.unwrap_or(RecordId::ZERO),
+        shard = record.shard,
+        protocol = record.protocol().as_str(),
+        service = record.service.as_deref(),
+    )
+}
 
 /// The recorded headers (or gRPC metadata) of a replayed request into
 /// `headers`, less hop-by-hop ones and earlier replay marks, then this
@@ -66,8 +76,19 @@ pub(super) fn replay_headers(
     Ok(())
 }
 
+/// Requests sent down one connection before the oldest is answered, by
+/// default (`playback.pipeline_depth`).
+pub const DEFAULT_PIPELINE_DEPTH: usize = 32;
+
 pub struct Replayer {
-    client: Client<crate::downstream::Connector, Full<Bytes>>,
+    pipeline: PipelineClient,
+    /// HTTP requests in flight on a run's connection (1: each waits for
+    /// the answer before it).
+    pipeline_depth: usize,
+    /// Non-idempotent records (shard, id) written down a connection that
+    /// broke before they were answered: counted when they are sent again.
+    perhaps_delivered: Mutex<HashSet<(u32, RecordId)>>,
+    resent: AtomicU64,
     target: Downstream,
     tcp_target: Option<TcpTarget>,
     timeout: Duration,
@@ -126,8 +147,14 @@ impl Replayer {
                     .increment(0);
             }
         }
+        for method in http::RESENT_METHOD_LABELS {
+            counter!(m::REPLAYS_RESENT_TOTAL, "method" => method).increment(0);
+        }
         Replayer {
-            client: crate::downstream::pooled_client(tls.clone()),
+            pipeline: PipelineClient::new(&tls),
+            pipeline_depth: DEFAULT_PIPELINE_DEPTH,
+            perhaps_delivered: Mutex::default(),
+            resent: AtomicU64::new(0),
             target,
             tcp_target,
             timeout,
@@ -214,49 +241,89 @@ impl Replayer {
         self
     }
 
+    /// HTTP requests sent down a connection ahead of the oldest answer (at
+    /// least 1).
+    pub fn with_pipeline_depth(mut self, depth: usize) -> Replayer {
+        self.pipeline_depth = depth.max(1);
+        self
+    }
+
+    /// Non-idempotent records sent again after a connection broke while
+    /// they were in flight (they may have reached the target twice).
+    pub fn resent(&self) -> u64 {
+        self.resent.load(Ordering::Relaxed)
+    }
+
     /// How TCP sessions are paced (fast by default).
     pub fn with_tcp_pacing(mut self, pacing: TcpPacing) -> Replayer {
         self.tcp_pacing = pacing;
         self
     }
 
-    /// Replays `records` one at a time, in their order, handing each try to
-    /// `judge`, which says whether to go on. Every replay of a batch goes
-    /// through here (the pull loop and `POST /sync`): the place where
-    /// pacing, rewrites and filters of a batch belong.
+    /// Replays `records` in their order, handing each try to `judge` in
+    /// that order, which says whether to go on. Every replay of a batch
+    /// goes through here (the pull loop and `POST /sync`): the place where
+    /// pacing, rewrites and filters of a batch belong. Consecutive HTTP
+    /// records for one target go down one pipelined connection
+    /// ([`Replayer::http_run`]); gRPC calls and TCP sessions one at a time.
+    /// With service discovery a run is at most `pipeline_depth` records:
+    /// the next run (once this one is answered) goes to the service's next
+    /// endpoint, so endpoints share the load and the order still holds.
     pub async fn replay_in_order<F>(&self, records: &[Record], mut judge: F)
     where
         F: FnMut(&Record, Attempt) -> ControlFlow<()>,
     {
-        for record in records {
-            let span = info_span!(
-                "replay",
-                record_id = %record.id.unwrap_or(RecordId::ZERO),
-                shard = record.shard,
-                protocol = record.protocol().as_str(),
-                service = record.service.as_deref(),
-            );
+        let mut rest = records;
+        while let Some(record) = rest.first() {
+            if let Exchange::Http(_) = record.exchange {
+                let most = match self.endpoints {
+                    Some(_) => self.pipeline_depth,
+                    None => rest.len(),
+                };
+                let run = rest
+                    .iter()
+                    .take(most)
+                    .take_while(|r| {
+                        matches!(r.exchange, Exchange::Http(_)) && self.same_target(r, record)
+                    })
+                    .count();
+                if self.http_run(&rest[..run], &mut judge).await.is_break() {
+                    return;
+                }
+                rest = &rest[run..];
+                continue;
+            }
+            let span = replay_span(record);
             let attempt = self.replay(record).instrument(span.clone()).await;
             let _in_span = span.enter();
             if judge(record, attempt).is_break() {
                 return;
             }
+            rest = &rest[1..];
         }
+    }
+
+    /// Whether two HTTP records go to the same place: the node's downstream,
+    /// or the endpoints of one service.
+    fn same_target(&self, a: &Record, b: &Record) -> bool {
+        self.endpoints.is_none() || a.service == b.service
     }
 
     /// One try at replaying `record`, judged against its recording.
     pub async fn replay(&self, record: &Record) -> Attempt {
         let started = Instant::now();
         let id = record.id.unwrap_or(RecordId::ZERO);
-        let protocol = record.protocol().as_str();
-        let mut transient = false;
         let mut endpoint = None;
         let judged = match &record.exchange {
-            Exchange::Http(http) => {
-                let target = self.http_target(record);
-                let judged = self.http(record, id, http, &target).await;
-                endpoint = Some(target.authority().to_string());
-                judged
+            Exchange::Http(_) => {
+                let mut attempt = None;
+                let _ = self
+                    .http_run(std::slice::from_ref(record), &mut |_, a| {
+                        attempt = Some(a);
+                        ControlFlow::Continue(())
+                    })
+                    .await;
+                return attempt.expect("a run judges each of its records");
             }
             Exchange::Tcp(tcp) => self.tcp(record, tcp).await.map(|(o, d)| (o, d, None)),
             Exchange::Grpc(call) => self.grpc(record, id, call).await.map(|(judged, to)| {
@@ -264,6 +331,20 @@ impl Replayer {
                 judged
             }),
         };
+        self.finish(record, started, judged, endpoint)
+    }
+
+    /// The try's result, counted in the metrics.
+    fn finish(
+        &self,
+        record: &Record,
+        started: Instant,
+        judged: Result<(Outcome, Option<String>, Option<u16>), Failure>,
+        endpoint: Option<String>,
+    ) -> Attempt {
+        let id = record.id.unwrap_or(RecordId::ZERO);
+        let protocol = record.protocol().as_str();
+        let mut transient = false;
         let (outcome, detail, replayed_status) = match judged {
             Ok(judged) => judged,
             Err(f) => {
