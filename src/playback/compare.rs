@@ -68,25 +68,8 @@ impl Comparator {
                 )),
             );
         }
-        for name in &self.headers {
-            let (a, b) = (
-                joined(recorded.headers, name),
-                joined(replayed.headers, name),
-            );
-            if a != b {
-                let show = |v: &Option<String>| {
-                    v.as_deref()
-                        .map_or("absent".to_string(), |v| format!("{v:?}"))
-                };
-                return (
-                    Outcome::Mismatched,
-                    Some(truncate(format!(
-                        "header {name}: recorded {}, replayed {}",
-                        show(&a),
-                        show(&b)
-                    ))),
-                );
-            }
+        if let Some(diff) = self.header_diff("header", recorded.headers, replayed.headers) {
+            return (Outcome::Mismatched, Some(truncate(diff)));
         }
         match self.body_diff(recorded.body, replayed.body) {
             None => (Outcome::Matched, None),
@@ -152,22 +135,8 @@ impl Comparator {
                 recorded.message, replayed.message
             ));
         }
-        for name in &self.headers {
-            let (a, b) = (
-                joined(recorded.metadata, name),
-                joined(replayed.metadata, name),
-            );
-            if a != b {
-                let show = |v: &Option<String>| {
-                    v.as_deref()
-                        .map_or("absent".to_string(), |v| format!("{v:?}"))
-                };
-                return mismatch(format!(
-                    "metadata {name}: recorded {}, replayed {}",
-                    show(&a),
-                    show(&b)
-                ));
-            }
+        if let Some(diff) = self.header_diff("metadata", recorded.metadata, replayed.metadata) {
+            return mismatch(diff);
         }
         let first = recorded
             .messages
@@ -194,6 +163,31 @@ impl Comparator {
             (None, Some(diff)) => mismatch(diff),
             (Some(count), Some(diff)) => mismatch(format!("{count}; {diff}")),
         }
+    }
+}
+
+impl Comparator {
+    /// The first of `playback.compare_headers` whose values differ.
+    fn header_diff(
+        &self,
+        what: &str,
+        recorded: &HeaderMap,
+        replayed: &HeaderMap,
+    ) -> Option<String> {
+        let show = |v: &Option<String>| {
+            v.as_deref()
+                .map_or("absent".to_string(), |v| format!("{v:?}"))
+        };
+        self.headers.iter().find_map(|name| {
+            let (a, b) = (joined(recorded, name), joined(replayed, name));
+            (a != b).then(|| {
+                format!(
+                    "{what} {name}: recorded {}, replayed {}",
+                    show(&a),
+                    show(&b)
+                )
+            })
+        })
     }
 }
 
