@@ -100,6 +100,14 @@ fn explain(err: &serde_json::Error, message: &str, text: &str, offset: usize) ->
     if let Some(eof) = eof {
         return format!("{eof} before the end of the file");
     }
+    let culprit = text.get(offset..).and_then(|rest| rest.chars().next());
+    if message == "key must be a string" {
+        if let Some(c) = culprit.filter(|c| !c.is_ascii()) {
+            return format!(
+                "a key goes in straight double quotes (\"mode\"), not `{c}` (pasted from a word processor?)"
+            );
+        }
+    }
     let Some(close) = message
         .strip_prefix("expected `,` or `")
         .and_then(|rest| rest.strip_suffix('`'))
@@ -107,7 +115,6 @@ fn explain(err: &serde_json::Error, message: &str, text: &str, offset: usize) ->
         return message.to_string();
     };
     let src = text.as_bytes();
-    let culprit = text[offset.min(text.len())..].chars().next();
     let before = offset.checked_sub(1).and_then(|i| src.get(i)).copied();
     match culprit {
         Some(c) if c.is_ascii_alphanumeric() && before.is_some_and(|b| b.is_ascii_digit()) => {

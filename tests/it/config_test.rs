@@ -195,7 +195,10 @@ fn multibyte_mistakes_exit_2_with_line_and_column_and_a_bom_is_fine() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(
-        stderr.contains(&format!("{}:2:3: ", path.display())),
+        stderr.contains(&format!(
+            "{}:2:3: a key goes in straight double quotes (\"mode\"), not `\u{201c}` (pasted from a word processor?)",
+            path.display()
+        )),
         "{stderr}"
     );
 
