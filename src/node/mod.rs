@@ -107,7 +107,7 @@ pub async fn start_with_tls(
         }
         _ => None,
     };
-    warn_unbuilt(&config);
+    note_unused_sections(&config);
     let http = match &config.http {
         Some(h) if h.enabled => Some(listeners::bind("http proxy", &h.host, h.port).await?),
         _ => None,
@@ -191,7 +191,8 @@ fn ready_line(config: &Config, bound: &[(&str, SocketAddr)]) -> String {
         .join(", ")
 }
 
-fn warn_unbuilt(config: &Config) {
+/// Sections this node reads but does not use, said at debug level.
+fn note_unused_sections(config: &Config) {
     if let Some(sd) = config.service_discovery.as_ref() {
         if config.mode == Mode::Record {
             debug!(provider = ?sd.provider, "service_discovery is used by Playback nodes");

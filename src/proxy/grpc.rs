@@ -40,7 +40,7 @@ use crate::metrics::{self as m, GrpcMethod, GrpcMetrics};
 use crate::model::grpc::{
     code, code_name, encode_message, FrameError, Framer, MESSAGE_HEADER, STATUS_HEADER,
 };
-use crate::record::grpc::{grpc_status, GrpcCapture};
+use crate::record::grpc::{grpc_status, GrpcCapture, Side};
 use crate::record::recorder::Recorder;
 use crate::server::Handler;
 
@@ -146,6 +146,35 @@ impl Call {
 
     fn failed(&self, kind: &'static str) {
         self.state().error_kind.get_or_insert(kind);
+    }
+
+    /// A data frame going `side`: its bytes counted, cut into messages for
+    /// the capture (kept while the record's cap allows).
+    fn data(&self, side: Side, framer: &mut Framer, data: &Bytes) -> Result<(), FrameError> {
+        match side {
+            Side::Request => self.state().request_bytes += data.len() as u64,
+            Side::Response => self.state().response_bytes += data.len() as u64,
+        }
+        framer.push(
+            data.clone(),
+            |len| self.capture.as_ref().is_some_and(|c| c.keep(len)),
+            |message| {
+                if let Some(capture) = &self.capture {
+                    capture.message(side, message);
+                }
+            },
+        )
+    }
+
+    /// When the request stream broke framing: the status and message the
+    /// client gets for it (the call counted as a `frame` error).
+    fn broken_request(&self) -> Option<(u32, String)> {
+        let error = self.state().request_error.clone()?;
+        self.failed("frame");
+        Some((
+            error.code(),
+            format!("qproxy: the request stream is broken: {error}"),
+        ))
     }
 }
 
@@ -332,11 +361,8 @@ impl Handler<ResponseBody> for GrpcProxy {
                     request = *back;
                 }
                 Err(H2Error::Failed(e)) => {
-                    let broken = call.state().request_error.clone();
-                    if let Some(error) = broken {
-                        call.failed("frame");
-                        let message = format!("qproxy: the request stream is broken: {error}");
-                        return answer(&call, error.code(), &message);
+                    if let Some((status, message)) = call.broken_request() {
+                        return answer(&call, status, &message);
                     }
                     let reason = root_cause(&e);
                     debug!(client = %client, downstream = %name, error = %reason, "grpc downstream failed");
@@ -429,18 +455,7 @@ impl Body for RequestBody {
             Poll::Ready(Some(Ok(frame))) => frame,
         };
         if let Some(data) = frame.data_ref() {
-            let call = &this.call;
-            call.state().request_bytes += data.len() as u64;
-            let pushed = this.framer.push(
-                data.clone(),
-                |len| call.capture.as_ref().is_some_and(|c| c.keep(len)),
-                |message| {
-                    if let Some(capture) = &call.capture {
-                        capture.request_message(message);
-                    }
-                },
-            );
-            if let Err(e) = pushed {
+            if let Err(e) = this.call.data(Side::Request, &mut this.framer, data) {
                 return Poll::Ready(Some(Err(this.broken(e))));
             }
         }
@@ -528,13 +543,8 @@ impl Body for CallBody {
                 return Poll::Ready(None);
             }
             Poll::Ready(Some(Err(e))) => {
-                let broken = this.call.state().request_error.clone();
-                let frame = match broken {
-                    Some(error) => {
-                        this.call.failed("frame");
-                        let message = format!("qproxy: the request stream is broken: {error}");
-                        this.end_with(error.code(), &message)
-                    }
+                let frame = match this.call.broken_request() {
+                    Some((status, message)) => this.end_with(status, &message),
                     None => {
                         this.call.failed("downstream");
                         let message = format!(
@@ -551,17 +561,7 @@ impl Body for CallBody {
         };
         let call = &this.call;
         if let Some(data) = frame.data_ref() {
-            call.state().response_bytes += data.len() as u64;
-            let pushed = this.framer.push(
-                data.clone(),
-                |len| call.capture.as_ref().is_some_and(|c| c.keep(len)),
-                |message| {
-                    if let Some(capture) = &call.capture {
-                        capture.response_message(message);
-                    }
-                },
-            );
-            if let Err(e) = pushed {
+            if let Err(e) = call.data(Side::Response, &mut this.framer, data) {
                 call.failed("frame");
                 let message = format!(
                     "qproxy: downstream {} sent a broken stream: {e}",

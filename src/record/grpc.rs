@@ -15,6 +15,7 @@ use std::time::Instant;
 
 use http::HeaderMap;
 
+pub use super::capture::Side;
 use super::recorder::Recorder;
 use super::{header_value_to_string, Exchange, GrpcCall, GrpcMessage, Header, Record};
 use crate::model::grpc::{service_of, Framed, STATUS_HEADER};
@@ -114,35 +115,38 @@ impl GrpcCapture {
         self.shared.started.elapsed().as_micros() as u64
     }
 
-    /// The client sent this message.
-    pub fn request_message(&self, message: Framed) {
+    /// A message the client (`Side::Request`) or the downstream
+    /// (`Side::Response`) sent: counted, and kept when `keep` allowed it.
+    pub fn message(&self, side: Side, message: Framed) {
         let at_us = self.at_us();
-        let after = self.shared.responses.load(Ordering::Relaxed);
+        let after = match side {
+            Side::Request => self.shared.responses.load(Ordering::Relaxed),
+            Side::Response => {
+                self.shared.responses.fetch_add(1, Ordering::Relaxed);
+                0
+            }
+        };
         let mut state = self.state();
-        state.call.request_count += 1;
-        state.call.request_bytes += message.len;
+        let call = &mut state.call;
+        let (count, bytes, kept) = match side {
+            Side::Request => (
+                &mut call.request_count,
+                &mut call.request_bytes,
+                &mut call.request_messages,
+            ),
+            Side::Response => (
+                &mut call.response_count,
+                &mut call.response_bytes,
+                &mut call.response_messages,
+            ),
+        };
+        *count += 1;
+        *bytes += message.len;
         if let Some(data) = message.data {
-            state.call.request_messages.push(GrpcMessage {
+            kept.push(GrpcMessage {
                 at_us,
                 compressed: message.compressed,
                 after,
-                data: data.into(),
-            });
-        }
-    }
-
-    /// The downstream sent this message.
-    pub fn response_message(&self, message: Framed) {
-        let at_us = self.at_us();
-        self.shared.responses.fetch_add(1, Ordering::Relaxed);
-        let mut state = self.state();
-        state.call.response_count += 1;
-        state.call.response_bytes += message.len;
-        if let Some(data) = message.data {
-            state.call.response_messages.push(GrpcMessage {
-                at_us,
-                compressed: message.compressed,
-                after: 0,
                 data: data.into(),
             });
         }
