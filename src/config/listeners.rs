@@ -236,6 +236,15 @@ impl Downstream {
         self.uri.scheme_str() == Some("https")
     }
 
+    /// `host:port` to connect to, the scheme's port when the URL has none.
+    pub fn host_port(&self) -> String {
+        let authority = self.authority();
+        let port = authority
+            .port_u16()
+            .unwrap_or(if self.is_https() { 443 } else { 80 });
+        format!("{}:{port}", authority.host())
+    }
+
     /// The path prefix without a trailing `/` (empty for none).
     pub fn path_prefix(&self) -> &str {
         self.uri.path().trim_end_matches('/')

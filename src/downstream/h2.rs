@@ -16,9 +16,9 @@ use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::client::conn::http2::{Builder, SendRequest};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use tokio::net::TcpStream;
 use tracing::debug;
 
+use super::TcpTarget;
 use crate::config::Downstream;
 
 /// The longest a new connection may take, TLS included.
@@ -116,21 +116,12 @@ where
     }
 
     async fn connect(&self, target: &Downstream) -> Result<SendRequest<B>, String> {
-        let authority = target.authority();
-        let tcp = TcpStream::connect(authority.as_str())
-            .await
-            .map_err(|e| e.to_string())?;
-        let _ = tcp.set_nodelay(true);
-        if !target.is_https() {
-            return handshake(tcp, authority.as_str()).await;
-        }
-        let name = rustls::pki_types::ServerName::try_from(authority.host().to_string())
-            .map_err(|e| format!("`{}` is not a TLS server name: {e}", authority.host()))?;
-        let tls = tokio_rustls::TlsConnector::from(self.tls.clone())
-            .connect(name, tcp)
-            .await
-            .map_err(|e| format!("TLS: {e}"))?;
-        handshake(tls, authority.as_str()).await
+        let tls = target.is_https().then(|| self.tls.clone());
+        let stream = TcpTarget::new(&target.host_port(), tls)
+            .map_err(|e| e.to_string())?
+            .connect()
+            .await?;
+        handshake(stream, target.authority().as_str()).await
     }
 }
 

@@ -69,13 +69,8 @@ impl PipelineClient {
                 return Ok(conn);
             }
         }
-        let authority = target.authority();
-        let port = authority
-            .port_u16()
-            .unwrap_or(if target.is_https() { 443 } else { 80 });
-        let addr = format!("{}:{port}", authority.host());
         let tls = target.is_https().then(|| self.tls.clone());
-        let stream = TcpTarget::new(&addr, tls)
+        let stream = TcpTarget::new(&target.host_port(), tls)
             .map_err(|e| ConnectError(e.to_string()))?
             .connect()
             .await
