@@ -497,6 +497,9 @@ impl GrpcMetrics {
             true => method,
             false => "other",
         };
+        if let Some(other) = methods.get(label) {
+            return other.clone();
+        }
         let made = std::sync::Arc::new(GrpcMethod {
             label: label.to_string(),
             codes: Default::default(),
@@ -504,11 +507,8 @@ impl GrpcMetrics {
             request_size: metrics::histogram!(GRPC_REQUEST_SIZE_BYTES, "method" => label.to_string()),
             response_size: metrics::histogram!(GRPC_RESPONSE_SIZE_BYTES, "method" => label.to_string()),
         });
-        let key = match label {
-            "other" => "other".to_string(),
-            _ => method.to_string(),
-        };
-        methods.entry(key).or_insert(made).clone()
+        methods.insert(label.to_string(), made.clone());
+        made
     }
 }
 
