@@ -210,13 +210,21 @@ impl Drop for Call {
 /// the headers and no body.
 fn status_response(status: u32, message: &str) -> Response<ResponseBody> {
     let mut response = Response::new(Either::Right(Full::new(Bytes::new())));
-    let headers = response.headers_mut();
-    headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+    *response.headers_mut() = status_headers(status, message);
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+    response
+}
+
+/// `grpc-status` and `grpc-message` (percent-encoded) of QProxy's own.
+fn status_headers(status: u32, message: &str) -> HeaderMap {
+    let mut headers = HeaderMap::new();
     headers.insert(STATUS_HEADER, HeaderValue::from(status));
     if let Ok(value) = HeaderValue::from_str(&encode_message(message)) {
         headers.insert(MESSAGE_HEADER, value);
     }
-    response
+    headers
 }
 
 /// A plain HTTP answer for what is not a gRPC call at all.
@@ -501,11 +509,7 @@ impl CallBody {
     fn end_with(&mut self, status: u32, message: &str) -> Frame<Bytes> {
         self.done = true;
         self.call.ended(status);
-        let mut trailers = HeaderMap::new();
-        trailers.insert(STATUS_HEADER, HeaderValue::from(status));
-        if let Ok(value) = HeaderValue::from_str(&encode_message(message)) {
-            trailers.insert(MESSAGE_HEADER, value);
-        }
+        let trailers = status_headers(status, message);
         if let Some(capture) = &self.call.capture {
             capture.fail(message.to_string());
             capture.trailers(&trailers);
