@@ -24,6 +24,22 @@ fn limit_huge_pages() {
     }
 }
 
+/// mimalloc's `purge_delay` option (its index in mimalloc 3's option enum).
+const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
+
+/// Memory freed back to mimalloc goes back to the OS after 10 ms instead of
+/// mimalloc 3's 1 s, unless `MIMALLOC_PURGE_DELAY` says otherwise. A burst
+/// of connections that then sit idle (their buffers freed: see
+/// `server::PARK_AFTER`) leaves nothing behind then: with 1 s, 10,000
+/// idle keep-alive connections kept ~11 MB more, since mimalloc purges
+/// only when the thread allocates again. No throughput cost measured.
+fn purge_freed_memory_soon() {
+    if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
+        // SAFETY: called once at start-up, before any other thread runs.
+        unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, 10) };
+    }
+}
+
 /// Record traffic in one network zone and replay it in another.
 #[derive(Debug, Parser)]
 #[command(
@@ -81,6 +97,7 @@ enum Command {
 
 fn main() -> ExitCode {
     limit_huge_pages();
+    purge_freed_memory_soon();
     let cli = Cli::parse();
     if let Some(Command::Demo { any_ports }) = cli.command {
         return demo(&cli, any_ports);

@@ -34,6 +34,8 @@ pub const CONNECTIONS_REFUSED_TOTAL: &str = "qproxy_connections_refused_total";
 pub const ACCEPT_ERRORS_TOTAL: &str = "qproxy_accept_errors_total";
 /// Connections closed for sending no complete request head in time.
 pub const HEADER_TIMEOUTS_TOTAL: &str = "qproxy_header_timeouts_total";
+/// Plaintext HTTP/1.1 connections idle with no buffers held, by listener.
+pub const PARKED_CONNECTIONS: &str = "qproxy_parked_connections";
 
 pub const RECORDS_TOTAL: &str = "qproxy_records_total";
 pub const RECORD_BYTES_TOTAL: &str = "qproxy_record_bytes_total";
@@ -170,6 +172,10 @@ fn describe() {
     describe_counter!(
         HEADER_TIMEOUTS_TOTAL,
         "Connections closed for sending no complete request head within header_timeout_ms"
+    );
+    describe_gauge!(
+        PARKED_CONNECTIONS,
+        "Idle plaintext HTTP/1.1 connections holding no buffers, by listener"
     );
     describe_counter!(RECORDS_TOTAL, "Records written to the store");
     describe_counter!(RECORD_BYTES_TOTAL, Unit::Bytes, "Body bytes recorded");

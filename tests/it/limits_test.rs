@@ -363,3 +363,139 @@ async fn limits_test_a_flood_under_a_low_fd_limit_leaves_health_answering() {
     );
     drop(flood);
 }
+
+/// Reads one response (head and `Content-Length` body) from `stream`;
+/// panics if it does not come within 10 s.
+async fn read_response(stream: &mut TcpStream) -> String {
+    let read = async {
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        loop {
+            let n = stream.read(&mut buf).await.expect("the connection is open");
+            assert!(
+                n > 0,
+                "closed mid-response after {:?}",
+                String::from_utf8_lossy(&got)
+            );
+            got.extend_from_slice(&buf[..n]);
+            let text = String::from_utf8_lossy(&got).into_owned();
+            let Some(head_end) = text.find("\r\n\r\n") else {
+                continue;
+            };
+            let length: usize = text[..head_end]
+                .lines()
+                .find_map(|l| {
+                    let (name, value) = l.split_once(':')?;
+                    name.eq_ignore_ascii_case("content-length")
+                        .then(|| value.trim().parse().unwrap())
+                })
+                .expect("the proxy answers with a Content-Length");
+            if got.len() >= head_end + 4 + length {
+                return text;
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), read)
+        .await
+        .expect("a response within 10 s")
+}
+
+/// `qproxy_parked_connections{listener="http"}` from `api`.
+async fn parked(api: SocketAddr) -> f64 {
+    let page = get_text(&format!("http://{api}/metrics")).await;
+    metric(&page, "qproxy_parked_connections", "http")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn limits_test_idle_keep_alive_connections_are_parked_and_keep_serving() {
+    let downstream = FakeDownstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (proxy_port, api_port) = (free_port(), free_port());
+    let mut config = proxy_config(&downstream.url(), dir.path(), json!({"port": proxy_port}));
+    config["api"]["port"] = json!(api_port);
+    // A process of its own: the gauge counts this node's connections only.
+    let _node = NodeProcess::spawn(&config, dir.path(), "parking");
+    let proxy: SocketAddr = ([127, 0, 0, 1], proxy_port).into();
+    let api: SocketAddr = ([127, 0, 0, 1], api_port).into();
+    eventually("the node is up", Duration::from_secs(20), || {
+        health_answers(api)
+    })
+    .await;
+
+    let mut conns = Vec::new();
+    for i in 0..3 {
+        let mut conn = TcpStream::connect(proxy).await.unwrap();
+        conn.write_all(format!("GET /a{i} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+            .await
+            .unwrap();
+        let said = read_response(&mut conn).await;
+        assert!(said.starts_with("HTTP/1.1 200"), "{said:?}");
+        conns.push(conn);
+    }
+    eventually(
+        "the three idle connections parked",
+        Duration::from_secs(10),
+        || async { (parked(api).await == 3.0).then_some(()) },
+    )
+    .await;
+
+    // A parked connection serves its next request on the same socket.
+    conns[1]
+        .write_all(b"GET /b1 HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let said = read_response(&mut conns[1]).await;
+    assert!(said.starts_with("HTTP/1.1 200"), "{said:?}");
+
+    // A request and the start of the next in one write, then a pause long
+    // enough for the connection to be let go of while the second head is
+    // half read: the half read is kept and completed.
+    conns[0]
+        .write_all(b"GET /b0 HTTP/1.1\r\nHost: x\r\n\r\nGET /c0 HTTP/1.1\r\nHo")
+        .await
+        .unwrap();
+    let said = read_response(&mut conns[0]).await;
+    assert!(said.starts_with("HTTP/1.1 200"), "{said:?}");
+    tokio::time::sleep(qproxy::server::PARK_AFTER * 5).await;
+    conns[0].write_all(b"st: x\r\n\r\n").await.unwrap();
+    let said = read_response(&mut conns[0]).await;
+    assert!(said.starts_with("HTTP/1.1 200"), "{said:?}");
+
+    let mut paths: Vec<String> = downstream.seen().into_iter().map(|s| s.uri).collect();
+    paths.sort();
+    assert_eq!(paths, ["/a0", "/a1", "/a2", "/b0", "/b1", "/c0"]);
+    eventually(
+        "all three parked again",
+        Duration::from_secs(10),
+        || async { (parked(api).await == 3.0).then_some(()) },
+    )
+    .await;
+    drop(conns);
+    eventually(
+        "closed connections are not counted",
+        Duration::from_secs(10),
+        || async { (parked(api).await == 0.0).then_some(()) },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn limits_test_parked_connections_close_at_shutdown_without_waiting_for_the_grace() {
+    let downstream = FakeDownstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let node = support::start_node(proxy_config(&downstream.url(), dir.path(), json!({}))).await;
+    let proxy = node.http_addr.unwrap();
+    let mut conn = TcpStream::connect(proxy).await.unwrap();
+    conn.write_all(b"GET /one HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    read_response(&mut conn).await;
+    tokio::time::sleep(qproxy::server::PARK_AFTER * 5).await;
+
+    let grace = qproxy::node::SHUTDOWN_GRACE;
+    tokio::time::timeout(grace / 2, node.stop())
+        .await
+        .expect("the node stops without waiting for its idle connection");
+    let said = read_until_closed(&mut conn, Duration::from_secs(5)).await;
+    assert_eq!(said, "", "closed without another word");
+}

@@ -42,6 +42,11 @@ use tracing::{debug, debug_span, warn, Instrument};
 use crate::metrics as m;
 use crate::tls::{Stream, TlsAcceptor};
 
+mod http1;
+
+pub use http1::PARK_AFTER;
+use http1::{Activity, Answer, Ended, Limits, Speaks, Tracked};
+
 /// The first pause after a failed accept; it doubles up to [`MAX_BACKOFF`]
 /// while accepts keep failing.
 const FIRST_BACKOFF: Duration = Duration::from_millis(10);
@@ -296,7 +301,7 @@ pub struct Options {
 }
 
 /// Called for each request with the client's address.
-pub trait Handler<B>: Clone + Send + Sync + 'static {
+pub trait Handler<B>: Clone + Send + Sync + Unpin + 'static {
     fn call(
         &self,
         req: Request<Incoming>,
@@ -338,8 +343,17 @@ pub async fn serve<H, B>(
         .keep_alive_interval(timeouts.idle)
         .max_concurrent_streams(256);
     let builder = Arc::new(builder);
+    // Plaintext HTTP/1.1 is served by hyper's HTTP/1.1 connection directly,
+    // with the same settings, so that an idle one can be parked.
+    let mut h1 = hyper::server::conn::http1::Builder::new();
+    h1.keep_alive(true)
+        .header_read_timeout(timeouts.idle)
+        .timer(hyper_util::rt::TokioTimer::new());
+    let h1 = Arc::new(h1);
     let graceful = GracefulShutdown::new();
     let timed_out = metrics::counter!(m::HEADER_TIMEOUTS_TOTAL, "listener" => name);
+    let parked = metrics::gauge!(m::PARKED_CONNECTIONS, "listener" => name);
+    parked.set(0.0);
     while let Some((stream, client, permit)) = listener.accept(&shutdown).await {
         let head_by = tokio::time::Instant::now() + timeouts.header;
         let _ = stream.set_nodelay(true);
@@ -360,15 +374,24 @@ pub async fn serve<H, B>(
         let handler = handler.clone();
         let head_seen = Arc::new(AtomicBool::new(false));
         let seen = head_seen.clone();
-        let service = service_fn(move |req| {
+        let activity = Arc::new(Activity::default());
+        let active = activity.clone();
+        let service = service_fn(move |req| -> Answer<B> {
             seen.store(true, Ordering::Relaxed);
+            let exchange = active.begin();
             let handler = handler.clone();
-            async move { Ok::<_, Infallible>(handler.call(req, client).await) }
+            Box::pin(async move {
+                let response = handler.call(req, client).await;
+                Ok::<_, Infallible>(response.map(|body| Tracked::new(body, exchange)))
+            })
         });
         let watcher = graceful.watcher();
         let builder = builder.clone();
+        let h1 = h1.clone();
         let tls = tls.clone();
         let timed_out = timed_out.clone();
+        let parked = parked.clone();
+        let shutdown = shutdown.clone();
         let task = async move {
             let stream = match stream.register() {
                 Ok(stream) => stream,
@@ -377,31 +400,74 @@ pub async fn serve<H, B>(
                     return;
                 }
             };
-            let stream = match &tls {
-                Some(acceptor) => match crate::tls::accept(acceptor, stream).await {
-                    Ok(stream) => stream,
-                    Err(e) => return crate::tls::handshake_failed(name, client, &e),
-                },
-                None => Stream::Plain(stream),
-            };
-            if let Some(f) = on_connection {
-                f(1);
-            }
-            let conn = builder
-                .serve_connection(TokioIo::new(stream), service)
-                .into_owned();
-            match until_first_head(watcher.watch(conn), head_by, &head_seen).await {
-                Some(Ok(())) => {}
-                Some(Err(e)) => {
-                    debug!(listener = name, client = %client, error = %e, "connection ended with an error");
+            // The TLS and hyper auto paths are boxed, each built inside its
+            // box (a value built out here would keep its room in this task
+            // even after being moved): a parked plaintext connection's task
+            // then holds nothing of theirs (~8 KiB inline otherwise).
+            let ended = match &tls {
+                Some(acceptor) => {
+                    let served = Box::pin(async move {
+                        let stream = match crate::tls::accept(acceptor, stream).await {
+                            Ok(stream) => stream,
+                            Err(e) => {
+                                crate::tls::handshake_failed(name, client, &e);
+                                return None;
+                            }
+                        };
+                        let conn = builder.serve_connection(TokioIo::new(stream), service);
+                        let conn = watcher.watch(conn.into_owned());
+                        Some(
+                            counted(on_connection, until_first_head(conn, head_by, &head_seen))
+                                .await,
+                        )
+                    });
+                    match served.await {
+                        Some(ended) => ended,
+                        None => return,
+                    }
                 }
                 None => {
+                    let served = counted(on_connection, async {
+                        let speaks = tokio::time::timeout_at(head_by, http1::sniff(&stream)).await;
+                        match speaks {
+                            Err(_) => Ended::NoHead,
+                            Ok(Err(_) | Ok(Speaks::Nothing)) => Ended::Closed,
+                            Ok(Ok(Speaks::Http1)) => {
+                                let limits = Limits {
+                                    first_head_by: head_by,
+                                    head_seen: &head_seen,
+                                    idle: timeouts.idle,
+                                    shutdown: &shutdown,
+                                    parked: &parked,
+                                };
+                                let ended =
+                                    http1::serve(stream, &h1, service, activity, limits).await;
+                                drop(watcher);
+                                ended
+                            }
+                            Ok(Ok(Speaks::Http2OrUnsure)) => {
+                                let served = Box::pin(async move {
+                                    let io = TokioIo::new(Stream::Plain(stream));
+                                    let conn = builder.serve_connection(io, service);
+                                    let conn = watcher.watch(conn.into_owned());
+                                    until_first_head(conn, head_by, &head_seen).await
+                                });
+                                served.await
+                            }
+                        }
+                    });
+                    served.await
+                }
+            };
+            match ended {
+                Ended::Closed => {}
+                Ended::Failed(e) => {
+                    debug!(listener = name, client = %client, error = %e, "connection ended with an error");
+                }
+                Ended::NoHead => {
                     timed_out.increment(1);
                     debug!(listener = name, client = %client, "no request head in time; connection closed");
                 }
-            }
-            if let Some(f) = on_connection {
-                f(-1);
             }
             drop(permit);
         };
@@ -423,27 +489,44 @@ pub async fn serve<H, B>(
     }
 }
 
-/// Runs `conn` to its end, or `None` when no request head arrived by
-/// `deadline` (`seen` is set by the service): then the connection is
-/// dropped, which closes it. The timer is not looked at again once a head
-/// arrived, so a busy connection pays nothing for it.
-async fn until_first_head<F: Future>(
+/// Runs `served` between `on_connection(1)` and `on_connection(-1)`.
+async fn counted<F: Future>(on_connection: Option<fn(i64)>, served: F) -> F::Output {
+    if let Some(f) = on_connection {
+        f(1);
+    }
+    let ended = served.await;
+    if let Some(f) = on_connection {
+        f(-1);
+    }
+    ended
+}
+
+/// Runs `conn` to its end, or ends with [`Ended::NoHead`] when no request
+/// head arrived by `deadline` (`seen` is set by the service): then the
+/// connection is dropped, which closes it. The timer is not looked at again
+/// once a head arrived, so a busy connection pays nothing for it.
+async fn until_first_head<
+    F: Future<Output = Result<(), Box<dyn std::error::Error + Send + Sync>>>,
+>(
     conn: F,
     deadline: tokio::time::Instant,
     seen: &AtomicBool,
-) -> Option<F::Output> {
+) -> Ended {
     let mut conn = pin!(conn);
     let mut timer = pin!(tokio::time::sleep_until(deadline));
     let mut waiting = true;
     std::future::poll_fn(|cx| {
         if let Poll::Ready(done) = conn.as_mut().poll(cx) {
-            return Poll::Ready(Some(done));
+            return Poll::Ready(match done {
+                Ok(()) => Ended::Closed,
+                Err(e) => Ended::Failed(e.to_string()),
+            });
         }
         if waiting {
             if seen.load(Ordering::Relaxed) {
                 waiting = false;
             } else if timer.as_mut().poll(cx).is_ready() {
-                return Poll::Ready(None);
+                return Poll::Ready(Ended::NoHead);
             }
         }
         Poll::Pending
