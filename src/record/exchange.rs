@@ -7,6 +7,10 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{HeaderMap, Method, StatusCode, Uri, Version};
 
+/// Body chunks up to this size are copied into the record rather than
+/// shared with the connection's buffer.
+const COPY_UP_TO: usize = 16 * 1024;
+
 /// Body bytes kept for a record, up to a limit.
 #[derive(Debug, Default)]
 pub struct BodyBuf {
@@ -25,7 +29,13 @@ impl BodyBuf {
             return;
         }
         self.len += chunk.len();
-        self.chunks.push(chunk.clone());
+        // A small chunk is copied: a clone would share the connection's
+        // read buffer until the record is written, and hyper would then
+        // allocate a new one for every exchange instead of reusing it.
+        self.chunks.push(match chunk.len() <= COPY_UP_TO {
+            true => Bytes::copy_from_slice(chunk),
+            false => chunk.clone(),
+        });
     }
 
     /// One contiguous buffer (copies only when there are several chunks).
