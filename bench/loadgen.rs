@@ -112,14 +112,19 @@ async fn idle(url: &str, conns: usize, secs: u64) {
     let mut held = Vec::with_capacity(conns);
     let mut errors = 0;
     for _ in 0..conns {
-        match connect(&authority).await {
-            Ok(mut send) => {
-                if !get(&mut send, &authority, &path).await {
-                    errors += 1;
-                }
+        // A connection the server refuses (or that hangs) counts as an
+        // error within seconds rather than stalling the run.
+        let opened = tokio::time::timeout(Duration::from_secs(10), async {
+            let mut send = connect(&authority).await.ok()?;
+            let answered = get(&mut send, &authority, &path).await;
+            Some((send, answered))
+        });
+        match opened.await {
+            Ok(Some((send, answered))) => {
+                errors += usize::from(!answered);
                 held.push(send);
             }
-            Err(_) => errors += 1,
+            Ok(None) | Err(_) => errors += 1,
         }
     }
     println!("{{\"open\": {}, \"errors\": {errors}}}", held.len());
