@@ -11,6 +11,11 @@
 //! file descriptors) back off instead of spinning. A new connection that
 //! sends no complete request head within [`Timeouts::header`] is closed.
 //!
+//! A plaintext connection whose first bytes are HTTP/1.1 is served by
+//! `http1`, which lets go of hyper's connection and its buffers while the
+//! connection is idle ([`PARK_AFTER`]); TLS and HTTP/2 (h2c) connections are
+//! served by hyper's auto connection for their whole life.
+//!
 //! With [`Workers`], accepted connections are handed round robin to
 //! threads that each run a single-threaded runtime, and a connection lives
 //! on its thread: no work stealing, no task hopping between threads, and a
