@@ -24,7 +24,8 @@ fn limit_huge_pages() {
     }
 }
 
-/// mimalloc's `purge_delay` option (its index in mimalloc 3's option enum).
+/// mimalloc's `purge_delay` option: its index in the option enum of both
+/// mimalloc 2 and 3 (libmimalloc-sys exports no constant for it).
 const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 
 /// Memory freed back to mimalloc goes back to the OS after 10 ms instead of
