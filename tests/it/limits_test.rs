@@ -499,3 +499,42 @@ async fn limits_test_parked_connections_close_at_shutdown_without_waiting_for_th
     let said = read_until_closed(&mut conn, Duration::from_secs(5)).await;
     assert_eq!(said, "", "closed without another word");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn limits_test_a_parked_connection_carries_a_body_and_closes_when_asked() {
+    let downstream = FakeDownstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let node = support::start_node(proxy_config(&downstream.url(), dir.path(), json!({}))).await;
+    let proxy = node.http_addr.unwrap();
+    let mut conn = TcpStream::connect(proxy).await.unwrap();
+    conn.write_all(b"GET /first HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    read_response(&mut conn).await;
+    // Idle past the park, then a body in two writes, then a last request
+    // that asks for the connection to be closed.
+    tokio::time::sleep(qproxy::server::PARK_AFTER * 3).await;
+    conn.write_all(b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nhello")
+        .await
+        .unwrap();
+    tokio::time::sleep(qproxy::server::PARK_AFTER * 3).await;
+    conn.write_all(b"world").await.unwrap();
+    let said = read_response(&mut conn).await;
+    assert!(said.starts_with("HTTP/1.1 200"), "{said:?}");
+    tokio::time::sleep(qproxy::server::PARK_AFTER * 3).await;
+    conn.write_all(b"GET /last HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let said = read_until_closed(&mut conn, Duration::from_secs(10)).await;
+    assert!(said.starts_with("HTTP/1.1 200"), "{said:?}");
+
+    let seen = downstream.seen();
+    let uris: Vec<&str> = seen.iter().map(|s| s.uri.as_str()).collect();
+    assert_eq!(uris, ["/first", "/upload", "/last"]);
+    assert_eq!(
+        &seen[1].body[..],
+        b"helloworld",
+        "the body crossed the pause whole"
+    );
+    node.stop().await;
+}
